@@ -1,0 +1,108 @@
+"""The three ops every backend implements, validated once here before any backend runs.
+
+Contract (the reference in :mod:`unsc_fast.kernels.reference` is the spec):
+
+``accumulate_(S, X)``
+    S (d, d) fp32/fp64, X (n, d) fp16/bf16/fp32/fp64: ``S += XᵀX`` accumulated in S's dtype.
+    Only the upper triangle of S (diagonal included) is defined afterwards.
+``accumulate_conv_(S, x, geom)``
+    S (groups, d, d), x (N, C, H, W) in any memory format: ``S[g] += P_gᵀP_g`` over every
+    receptive-field patch P_g of group g, patch order (C/groups, kh, kw). Upper triangles only.
+``project_(grads, bases, subtract)``
+    For each i, in place: ``G_i ← G_i − (G_i B_i)B_iᵀ`` if ``subtract[i]`` else
+    ``(G_i B_i)B_iᵀ``; G_i (rows, d) may be a strided view, B_i (d, m) orthonormal, m ≥ 0.
+
+Bad input raises ``ValueError``/``TypeError`` here, before anything is written.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from . import dispatch
+from .reference import ConvGeometry
+
+_ACC_DTYPES = (torch.float32, torch.float64)
+_IN_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _check_float(name: str, t: Tensor, allowed: tuple[torch.dtype, ...]) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in allowed:
+        raise TypeError(f"{name} has dtype {t.dtype}; expected one of {allowed}")
+
+
+def _check_same_device(**tensors: Tensor) -> None:
+    devices = {k: t.device for k, t in tensors.items()}
+    if len(set(devices.values())) > 1:
+        raise ValueError(f"tensors are on different devices: {devices}")
+
+
+def accumulate_(S: Tensor, X: Tensor, *, backend: str | None = None) -> Tensor:
+    """``S += XᵀX`` in place (upper triangle). See the module docstring."""
+    _check_float("S", S, _ACC_DTYPES)
+    _check_float("X", X, _IN_DTYPES)
+    if S.dim() != 2 or S.shape[0] != S.shape[1]:
+        raise ValueError(f"S must be a square (d, d) matrix, got shape {tuple(S.shape)}")
+    if X.dim() != 2 or X.shape[1] != S.shape[0]:
+        raise ValueError(f"X must be (n, {S.shape[0]}) to match S, got {tuple(X.shape)}")
+    if not S.is_contiguous():
+        raise ValueError("S must be contiguous (it is written in place)")
+    _check_same_device(S=S, X=X)
+    if X.shape[0] == 0:
+        return S
+    _, fn = dispatch.resolve("accumulate", S.device, (S, X), backend)
+    fn(S, X)
+    return S
+
+
+def accumulate_conv_(S: Tensor, x: Tensor, geom: ConvGeometry, *,
+                     backend: str | None = None) -> Tensor:
+    """``S[g] += P_gᵀP_g`` over the conv patches of x, in place. See the module docstring."""
+    _check_float("S", S, _ACC_DTYPES)
+    _check_float("x", x, _IN_DTYPES)
+    if x.dim() != 4:
+        raise ValueError(f"x must be (N, C, H, W), got shape {tuple(x.shape)}")
+    C = x.shape[1]
+    if C % geom.groups:
+        raise ValueError(f"{C} input channels do not split into {geom.groups} groups")
+    d = geom.patch_dim(C)
+    if S.dim() != 3 or tuple(S.shape) != (geom.groups, d, d):
+        raise ValueError(f"S must be (groups, d, d) = {(geom.groups, d, d)} for this input and"
+                         f" geometry, got {tuple(S.shape)}")
+    if not S.is_contiguous():
+        raise ValueError("S must be contiguous (it is written in place)")
+    _check_same_device(S=S, x=x)
+    if x.shape[0] == 0:
+        return S
+    _, fn = dispatch.resolve("accumulate_conv", S.device, (S, x, geom), backend)
+    fn(S, x, geom)
+    return S
+
+
+def project_(grads: Sequence[Tensor], bases: Sequence[Tensor], subtract: Sequence[bool], *,
+             backend: str | None = None) -> None:
+    """Project many gradients in one call, in place. See the module docstring."""
+    grads, bases, subtract = list(grads), list(bases), [bool(s) for s in subtract]
+    if not (len(grads) == len(bases) == len(subtract)):
+        raise ValueError(f"grads, bases and subtract differ in length:"
+                         f" {len(grads)}, {len(bases)}, {len(subtract)}")
+    if not grads:
+        return
+    for i, (G, B) in enumerate(zip(grads, bases)):
+        _check_float(f"grads[{i}]", G, _IN_DTYPES)
+        _check_float(f"bases[{i}]", B, _IN_DTYPES)
+        if G.dim() != 2 or B.dim() != 2 or B.shape[0] != G.shape[1]:
+            raise ValueError(f"grads[{i}] {tuple(G.shape)} and bases[{i}] {tuple(B.shape)}"
+                             " must be (rows, d) and (d, m)")
+        if G.dtype != B.dtype:
+            raise TypeError(f"grads[{i}] is {G.dtype} but bases[{i}] is {B.dtype};"
+                            " convert the bases with .to(dtype)")
+        _check_same_device(grad=G, basis=B)
+    if len({G.device for G in grads}) > 1:
+        raise ValueError("all gradients of one project_ call must be on one device")
+    _, fn = dispatch.resolve("project", grads[0].device, (grads, bases, subtract), backend)
+    fn(grads, bases, subtract)
