@@ -1,0 +1,292 @@
+"""Streaming layer-input second moments over D_r, collected by forward hooks.
+
+:class:`SecondMoments` watches every supported layer of a model (``nn.Linear``, ``nn.Conv2d``)
+by module name and accumulates ``S += XᵀX`` and the row count ``n`` for each, through the
+fast ops of :mod:`unsc_fast.ops`. Statistics stream: any number of batches, chunked or not,
+give the same S; :meth:`SecondMoments.all_reduce_` sums them across ``torch.distributed`` ranks.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import ops
+from .reference import ConvGeometry, symmetric
+
+SUPPORTED = (nn.Linear, nn.Conv2d)
+
+
+@dataclass
+class LayerMoments:
+    """Second moment of one layer's inputs: S (groups, d, d), upper triangle valid.
+
+    ``colsum`` (groups, d) is kept when a constant-1 bias feature is requested: the augmented
+    moment ``[[S, s], [sᵀ, n]]`` needs no copy of the inputs.
+    """
+
+    kind: str
+    S: Tensor
+    n: int = 0
+    colsum: Tensor | None = None
+    geometry: ConvGeometry | None = None
+
+    @property
+    def groups(self) -> int:
+        return self.S.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.S.shape[-1]
+
+    def covariance(self, include_bias: bool = False, dtype: torch.dtype = torch.float64
+                   ) -> Tensor:
+        """``C = S / n`` as full symmetric (groups, D, D) matrices, D = d (+1 with bias)."""
+        if self.n == 0:
+            raise ValueError("no inputs were accumulated (is D_r empty?)")
+        C = symmetric(self.S.to(dtype))
+        if include_bias:
+            if self.colsum is None:
+                raise ValueError("bias statistics were not collected (include_bias=False)")
+            s = self.colsum.to(dtype).unsqueeze(-1)
+            n = torch.full((self.groups, 1, 1), float(self.n), dtype=dtype, device=C.device)
+            C = torch.cat([torch.cat([C, s], -1), torch.cat([s.mT, n], -1)], -2)
+        return C / self.n
+
+
+def supported_layers(model: nn.Module, names: Iterable[str] | None = None
+                     ) -> dict[str, nn.Module]:
+    """The supported layers of ``model`` by module name, or the named subset (validated)."""
+    modules = dict(model.named_modules())
+    if names is None:
+        found = {n: m for n, m in modules.items() if isinstance(m, SUPPORTED)}
+        if not found:
+            raise ValueError(f"{type(model).__name__} has no supported layer"
+                             f" ({', '.join(t.__name__ for t in SUPPORTED)})")
+        return found
+    names = list(names)
+    missing = [n for n in names if n not in modules]
+    if missing:
+        raise KeyError(f"no module named {missing} in {type(model).__name__}")
+    wrong = [n for n in names if not isinstance(modules[n], SUPPORTED)]
+    if wrong:
+        raise TypeError(f"modules {wrong} are not of a supported type"
+                        f" ({', '.join(t.__name__ for t in SUPPORTED)})")
+    if not names:
+        raise ValueError("the list of layers is empty")
+    return {n: modules[n] for n in names}
+
+
+def _new_moments(module: nn.Module, dtype: torch.dtype, include_bias: bool) -> LayerMoments:
+    dev = module.weight.device
+    if isinstance(module, nn.Conv2d):
+        geom = ConvGeometry.of(module)
+        g, d = geom.groups, geom.patch_dim(module.in_channels)
+        kind = "conv2d"
+    else:
+        geom, g, d, kind = None, 1, module.in_features, "linear"
+    S = torch.zeros(g, d, d, dtype=dtype, device=dev)
+    colsum = torch.zeros(g, d, dtype=dtype, device=dev) if include_bias else None
+    return LayerMoments(kind, S, 0, colsum, geom)
+
+
+@dataclass
+class SecondMoments:
+    """Accumulator of layer-input second moments for the supported layers of a model.
+
+    Example::
+
+        moments = SecondMoments(model).collect(retain_loader)
+        bases = NullSpace.from_moments(moments, Energy(0.99))
+
+    Args:
+        model: the trained model θ_o (put in eval mode while collecting).
+        layers: module names to watch; default every ``nn.Linear`` and ``nn.Conv2d``.
+        dtype: accumulation dtype of S, ``torch.float32`` (default) or ``torch.float64``.
+        include_bias: also keep column sums, for bases that cover the bias as a 1-feature.
+        backend: force a backend for the accumulate ops (see :mod:`unsc_fast.dispatch`).
+    """
+
+    model: nn.Module
+    layers: Iterable[str] | None = None
+    dtype: torch.dtype = torch.float32
+    include_bias: bool = False
+    backend: str | None = None
+    moments: dict[str, LayerMoments] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"dtype must be torch.float32 or torch.float64, got {self.dtype}")
+        self._modules = supported_layers(self.model, self.layers)
+        self.layers = list(self._modules)
+        self.moments = {n: _new_moments(m, self.dtype, self.include_bias)
+                        for n, m in self._modules.items()}
+
+    # -- accumulation -------------------------------------------------------------------
+    @torch.no_grad()
+    def update(self, name: str, x: Tensor) -> None:
+        """Add one batch of inputs ``x`` of layer ``name`` (as the layer receives them)."""
+        lm = self.moments[name]
+        if lm.kind == "conv2d":
+            x = x.unsqueeze(0) if x.dim() == 3 else x
+            ops.accumulate_conv_(lm.S, x, lm.geometry, backend=self.backend)
+            rows = x.shape[0] * _conv_positions(x, lm.geometry)
+            if lm.colsum is not None:
+                lm.colsum += _conv_colsum(x, lm.geometry).to(lm.colsum.dtype)
+        else:
+            x = x.reshape(-1, x.shape[-1])
+            ops.accumulate_(lm.S[0], x, backend=self.backend)
+            rows = x.shape[0]
+            if lm.colsum is not None:
+                lm.colsum[0] += x.sum(0, dtype=lm.colsum.dtype)
+        lm.n += rows
+
+    @contextlib.contextmanager
+    def hooks(self) -> Iterator["SecondMoments"]:
+        """Accumulate the inputs of every watched layer during forwards inside this block."""
+        handles = [m.register_forward_pre_hook(self._hook(n)) for n, m in self._modules.items()]
+        try:
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _hook(self, name: str):
+        def hook(module: nn.Module, args: tuple) -> None:
+            self.update(name, args[0].detach())
+        return hook
+
+    @torch.no_grad()
+    def collect(self, data: Iterable, *, device: torch.device | str | None = None,
+                max_samples: int | None = None, progress: bool = True) -> "SecondMoments":
+        """Run the model (eval mode) over ``data`` and accumulate; returns ``self``.
+
+        ``data`` yields input tensors or ``(inputs, labels, ...)`` tuples. ``max_samples``
+        caps the number of samples (a budget for large D_r). Raises on empty data.
+        """
+        device = torch.device(device) if device is not None else _model_device(self.model)
+        was_training = self.model.training
+        self.model.eval()
+        seen = 0
+        try:
+            with self.hooks(), _progress(data, progress, "second moments") as batches:
+                for batch in batches:
+                    x = batch[0] if isinstance(batch, (tuple, list)) else batch
+                    if max_samples is not None:
+                        x = x[: max(0, max_samples - seen)]
+                    if len(x) == 0:
+                        break
+                    self.model(x.to(device))
+                    seen += len(x)
+        finally:
+            self.model.train(was_training)
+        if seen == 0:
+            raise ValueError("the retain data D_r is empty: no statistics to collect")
+        self.check_finite()
+        return self
+
+    def check_finite(self) -> None:
+        """Raise if any statistic holds NaN or Inf (e.g. from a diverged model)."""
+        bad = [n for n, lm in self.moments.items() if not torch.isfinite(torch.triu(lm.S)).all()]
+        if bad:
+            raise ValueError(f"second moments of layers {bad} contain NaN or Inf;"
+                             " check the model and the data")
+
+    # -- combining and saving -----------------------------------------------------------
+    def merge_(self, other: "SecondMoments") -> "SecondMoments":
+        """Add the statistics of ``other`` (same layers) into ``self``."""
+        if other.moments.keys() != self.moments.keys():
+            raise ValueError("cannot merge statistics of different layer sets")
+        for name, lm in self.moments.items():
+            o = other.moments[name]
+            if o.S.shape != lm.S.shape:
+                raise ValueError(f"layer {name!r}: shapes {tuple(o.S.shape)} and"
+                                 f" {tuple(lm.S.shape)} differ")
+            lm.S += torch.triu(o.S.to(lm.S))
+            lm.n += o.n
+            if lm.colsum is not None and o.colsum is not None:
+                lm.colsum += o.colsum.to(lm.colsum)
+        return self
+
+    def all_reduce_(self, group=None) -> "SecondMoments":
+        """Sum the statistics over all ranks of ``torch.distributed`` (one call per layer)."""
+        import torch.distributed as dist
+        for lm in self.moments.values():
+            S = torch.triu(lm.S)  # the lower triangle may differ between backends
+            dist.all_reduce(S, group=group)
+            lm.S.copy_(S)
+            n = torch.tensor([float(lm.n)], dtype=torch.float64, device=lm.S.device)
+            dist.all_reduce(n, group=group)
+            lm.n = int(n.item())
+            if lm.colsum is not None:
+                dist.all_reduce(lm.colsum, group=group)
+        return self
+
+    def state_dict(self) -> dict:
+        return {name: {"kind": lm.kind, "S": torch.triu(lm.S), "n": lm.n, "colsum": lm.colsum,
+                       "geometry": lm.geometry} for name, lm in self.moments.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.keys() != self.moments.keys():
+            raise ValueError(f"statistics are for layers {sorted(state)}, this model has"
+                             f" {sorted(self.moments)}")
+        for name, s in state.items():
+            if tuple(s["S"].shape) != tuple(self.moments[name].S.shape):
+                raise ValueError(f"layer {name!r}: saved S is {tuple(s['S'].shape)}, the model"
+                                 f" needs {tuple(self.moments[name].S.shape)}")
+        for name, s in state.items():
+            lm = self.moments[name]
+            lm.S.copy_(s["S"])
+            lm.n = int(s["n"])
+            if s.get("colsum") is not None and lm.colsum is not None:
+                lm.colsum.copy_(s["colsum"])
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Save with ``torch.save``, atomically (a temporary file, then a rename)."""
+        from .io import atomic_save
+        atomic_save(path, lambda f: torch.save(self.state_dict(), f))
+
+    def load(self, path: str | os.PathLike) -> "SecondMoments":
+        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=False))
+        return self
+
+
+def _conv_positions(x: Tensor, g: ConvGeometry) -> int:
+    H = x.shape[-2] + g.pad[2] + g.pad[3]
+    W = x.shape[-1] + g.pad[0] + g.pad[1]
+    oh = (H - g.dilation[0] * (g.kernel_size[0] - 1) - 1) // g.stride[0] + 1
+    ow = (W - g.dilation[1] * (g.kernel_size[1] - 1) - 1) // g.stride[1] + 1
+    return max(oh, 0) * max(ow, 0)
+
+
+def _conv_colsum(x: Tensor, g: ConvGeometry) -> Tensor:
+    """Sum of all patch vectors per group, (groups, d). Padding (every mode copies values) and
+    unfold are linear, so sum the batch first and unfold one image instead of N."""
+    xs = x.sum(0, keepdim=True, dtype=torch.float64)
+    if any(g.pad):
+        xs = F.pad(xs, g.pad, mode="constant" if g.padding_mode == "zeros" else g.padding_mode)
+    cols = F.unfold(xs, g.kernel_size, dilation=g.dilation, stride=g.stride)  # (1, C·k, L)
+    return cols.sum(-1).view(g.groups, -1)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+@contextlib.contextmanager
+def _progress(data: Iterable, enabled: bool, desc: str):
+    if not enabled:
+        yield data
+        return
+    from tqdm.auto import tqdm
+    bar = tqdm(data, desc=desc, leave=False, dynamic_ncols=True)
+    try:
+        yield bar
+    finally:
+        bar.close()

@@ -1,0 +1,179 @@
+"""The UNSC unlearning loop: pseudo-labelled fine-tuning on D_f inside the null space of D_r."""
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .bases import NullSpace, Rule, parse_rule
+from .project import project_
+from .reference import pseudo_labels
+from .stats import SecondMoments, _model_device, _progress
+
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+@dataclass
+class UnlearnReport:
+    """What one unlearning run did and how long each phase took (seconds)."""
+
+    time_stats: float = 0.0
+    time_bases: float = 0.0
+    time_unlearn: float = 0.0
+    epoch_loss: list[float] = field(default_factory=list)
+    ranks: dict[str, list[int]] = field(default_factory=dict)
+    dims: dict[str, int] = field(default_factory=dict)
+    forget_samples: int = 0
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass
+class UnlearnResult:
+    model: nn.Module
+    bases: NullSpace | None
+    report: UnlearnReport
+
+
+def _batches(data: Iterable):
+    for batch in data:
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise TypeError("forget data must yield (inputs, labels) pairs")
+        yield batch[0], batch[1]
+
+
+def freeze_for_unlearning(model: nn.Module, bases: NullSpace | None) -> list[nn.Parameter]:
+    """Put BatchNorm in eval mode and return the parameters UNSC may change.
+
+    Only the weights covered by ``bases`` (and their biases when the bases include the bias
+    feature) are trained: an unprojected parameter would move the outputs on D_r.
+    Without bases (the unprojected ablation) every Linear/Conv weight is trained.
+    """
+    model.train()
+    for m in model.modules():
+        if isinstance(m, _BN):
+            m.eval()
+    trainable: list[nn.Parameter] = []
+    modules = dict(model.named_modules())
+    if bases is None:
+        names = [n for n, m in modules.items() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    else:
+        names = list(bases)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for n in names:
+        m = modules[n]
+        m.weight.requires_grad_(True)
+        trainable.append(m.weight)
+        if bases is not None and bases[n].include_bias and m.bias is not None:
+            m.bias.requires_grad_(True)
+            trainable.append(m.bias)
+    return trainable
+
+
+def unlearn(model: nn.Module, forget: Iterable, retain: Iterable | None = None, *,
+            forget_classes: Sequence[int] | None = None, bases: NullSpace | None = None,
+            moments: SecondMoments | None = None, rule: Rule | str = "energy:0.99",
+            lr: float = 0.04, epochs: int = 20, project: bool = True,
+            max_retain_samples: int | None = None, include_bias: bool = False,
+            backend: str | None = None, progress: bool = True) -> UnlearnResult:
+    """Make ``model`` forget ``forget`` (D_f) while keeping what it knows of ``retain`` (D_r).
+
+    Steps (UNSC): second moments of every layer's inputs over D_r (skipped when ``moments``
+    or ``bases`` is given), bases under ``rule``, then ``epochs`` of plain SGD at ``lr`` on
+    D_f with pseudo-labels from the frozen original model, every weight gradient projected
+    onto the null space. The original ``model`` is left untouched.
+
+    Args:
+        forget: re-iterable (inputs, labels) batches of D_f, e.g. a DataLoader.
+        retain: (inputs, ...) batches of D_r; needed unless ``bases`` or ``moments`` is given.
+        forget_classes: the classes being forgotten (class-level forgetting: their logits
+            are masked for pseudo-labels). ``None``: sample-level forgetting (each sample's
+            own label is masked instead).
+        project: ``False`` gives the "random/pseudo labels without projection" ablation.
+    Returns:
+        ``UnlearnResult(model, bases, report)`` with the unlearned copy.
+    """
+    if epochs < 0 or lr <= 0:
+        raise ValueError(f"need epochs >= 0 and lr > 0, got epochs={epochs}, lr={lr}")
+    rule = parse_rule(rule)
+    device = _model_device(model)
+    n_forget = sum(len(x) for x, _ in _batches(forget))
+    if n_forget == 0:
+        raise ValueError("the forget set D_f is empty")
+    out_features = _num_classes(model, forget, device)
+    if forget_classes is not None:
+        forget_classes = sorted({int(c) for c in forget_classes})
+        bad = [c for c in forget_classes if not 0 <= c < out_features]
+        if bad:
+            raise ValueError(f"forget_classes {bad} are not classes of a {out_features}-way model")
+        if len(forget_classes) >= out_features:
+            raise ValueError("every class is being forgotten: no class is left to relabel to")
+    if project and bases is None and moments is None and retain is None:
+        raise ValueError("UNSC needs D_r statistics: pass retain, moments or bases")
+
+    report = UnlearnReport(forget_samples=n_forget)
+    if project and bases is None:
+        t = time.perf_counter()
+        if moments is None:
+            moments = SecondMoments(model, include_bias=include_bias, backend=backend)
+            moments.collect(retain, device=device, max_samples=max_retain_samples,
+                            progress=progress)
+        report.time_stats = time.perf_counter() - t
+        t = time.perf_counter()
+        bases = NullSpace.from_moments(moments, rule, include_bias=include_bias)
+        report.time_bases = time.perf_counter() - t
+    if project:
+        report.ranks = {n: list(lb.ranks) for n, lb in bases.items()}
+        report.dims = {n: lb.d for n, lb in bases.items()}
+
+    original = model
+    original_mode = original.training
+    original.eval()
+    unlearned = copy.deepcopy(model)
+    params = freeze_for_unlearning(unlearned, bases if project else None)
+    if project:
+        bases = bases.to(device=device, dtype=params[0].dtype)
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.0, weight_decay=0.0)
+
+    t = time.perf_counter()
+    epochs_iter = range(epochs)
+    with _progress(epochs_iter, progress and epochs > 1, "unlearning") as bar:
+        for _ in bar:
+            total, count = 0.0, 0
+            for x, y in _batches(forget):
+                x, y = x.to(device), y.to(device)
+                with torch.no_grad():
+                    target = pseudo_labels(original(x), y, forget_classes)
+                loss = F.cross_entropy(unlearned(x), target)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if project:
+                    project_(unlearned, bases, backend=backend)
+                opt.step()
+                total += loss.item() * len(x)
+                count += len(x)
+            report.epoch_loss.append(total / count)
+    report.time_unlearn = time.perf_counter() - t
+    original.train(original_mode)
+    unlearned.eval()
+    for p in unlearned.parameters():
+        p.requires_grad_(True)
+    return UnlearnResult(unlearned, bases if project else None, report)
+
+
+@torch.no_grad()
+def _num_classes(model: nn.Module, data: Iterable, device: torch.device) -> int:
+    x, _ = next(_batches(data))
+    was = model.training
+    model.eval()
+    try:
+        return model(x[:1].to(device)).shape[-1]
+    finally:
+        model.train(was)
