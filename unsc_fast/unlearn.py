@@ -82,7 +82,8 @@ def unlearn(model: nn.Module, forget: Iterable, retain: Iterable | None = None, 
             moments: SecondMoments | None = None, rule: Rule | str = "energy:0.99",
             lr: float = 0.04, epochs: int = 20, project: bool = True,
             max_retain_samples: int | None = None, include_bias: bool = False,
-            backend: str | None = None, progress: bool = True) -> UnlearnResult:
+            relabel: str = "pseudo", seed: int = 0, backend: str | None = None,
+            progress: bool = True) -> UnlearnResult:
     """Make ``model`` forget ``forget`` (D_f) while keeping what it knows of ``retain`` (D_r).
 
     Steps (UNSC): second moments of every layer's inputs over D_r (skipped when ``moments``
@@ -96,15 +97,21 @@ def unlearn(model: nn.Module, forget: Iterable, retain: Iterable | None = None, 
         forget_classes: the classes being forgotten (class-level forgetting: their logits
             are masked for pseudo-labels). ``None``: sample-level forgetting (each sample's
             own label is masked instead).
-        project: ``False`` gives the "random/pseudo labels without projection" ablation.
+        project: ``False`` gives the "labels without projection" ablation.
+        relabel: ``"pseudo"`` (UNSC: the original model's best allowed class) or
+            ``"random"`` (a uniformly random allowed class: the random-label baselines).
+        seed: seeds the random labels.
     Returns:
         ``UnlearnResult(model, bases, report)`` with the unlearned copy.
     """
     if epochs < 0 or lr <= 0:
         raise ValueError(f"need epochs >= 0 and lr > 0, got epochs={epochs}, lr={lr}")
+    if relabel not in ("pseudo", "random"):
+        raise ValueError(f"relabel must be 'pseudo' or 'random', got {relabel!r}")
     rule = parse_rule(rule)
     device = _model_device(model)
-    n_forget = sum(len(x) for x, _ in _batches(forget))
+    dataset = getattr(forget, "dataset", None)
+    n_forget = len(dataset) if dataset is not None else sum(len(x) for x, _ in _batches(forget))
     if n_forget == 0:
         raise ValueError("the forget set D_f is empty")
     out_features = _num_classes(model, forget, device)
@@ -141,6 +148,7 @@ def unlearn(model: nn.Module, forget: Iterable, retain: Iterable | None = None, 
     if project:
         bases = bases.to(device=device, dtype=params[0].dtype)
     opt = torch.optim.SGD(params, lr=lr, momentum=0.0, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(seed)
 
     t = time.perf_counter()
     epochs_iter = range(epochs)
@@ -150,7 +158,10 @@ def unlearn(model: nn.Module, forget: Iterable, retain: Iterable | None = None, 
             for x, y in _batches(forget):
                 x, y = x.to(device), y.to(device)
                 with torch.no_grad():
-                    target = pseudo_labels(original(x), y, forget_classes)
+                    scores = original(x)
+                    if relabel == "random":
+                        scores = torch.rand(scores.shape, generator=gen).to(scores)
+                    target = pseudo_labels(scores, y, forget_classes)
                 loss = F.cross_entropy(unlearned(x), target)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
