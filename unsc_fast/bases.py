@@ -292,13 +292,17 @@ def _grow_core(U: Tensor, C: Tensor, eps: float) -> Tensor:
     total = torch.trace(C)
     if total <= 0:
         return U
+    # Round-off relative to this step's energy, not to the residual's own (tiny) maximum.
+    tol = C.shape[0] * torch.finfo(C.dtype).eps * total
+    goal = eps * total - tol
     captured = torch.trace(U.mT @ C @ U) if U.shape[1] else total.new_zeros(())
-    if captured >= eps * total:
+    if captured >= goal:
         return U
     P = torch.eye(C.shape[0], dtype=C.dtype, device=C.device) - U @ U.mT
     evals, evecs = ref.eigh_desc(P @ C @ P)
-    cum = captured + torch.cumsum(ref._clean(evals), 0)
-    k = min(int((cum < eps * total).sum()) + 1, C.shape[0] - U.shape[1])
+    lam = torch.where(evals > tol, evals, torch.zeros_like(evals))
+    cum = captured + torch.cumsum(lam, 0)
+    k = min(int((cum < goal).sum()) + 1, int((lam > 0).sum()), C.shape[0] - U.shape[1])
     new, _ = torch.linalg.qr(torch.cat([U, evecs[:, :k]], 1))
     return new
 
