@@ -97,9 +97,13 @@ def test_nan_or_inf_statistics_are_refused():
     model = nn.Sequential(nn.Linear(4, 2))
     x = torch.randn(8, 4)
     x[3, 1] = float("nan")
+    m = uf.SecondMoments(model).collect([torch.randn(8, 4)], progress=False)
+    S = m.moments["0"].S.clone()
     with pytest.raises(ValueError, match="NaN or Inf"):
-        uf.SecondMoments(model).collect([x], progress=False)
-    m = uf.SecondMoments(model)
+        m.collect([x], progress=False)
+    torch.testing.assert_close(m.moments["0"].S, S, rtol=0, atol=0)  # the bad batch left no trace
+    assert m.moments["0"].n == 8
+    m = uf.SecondMoments(model, check_inputs=False)
     m.update("0", torch.full((2, 4), float("inf")))
     with pytest.raises(ValueError, match="NaN or Inf"):
         uf.NullSpace.from_moments(m)
