@@ -184,3 +184,21 @@ def test_pseudo_labels_rules():
     assert ref.pseudo_labels(logits, labels).tolist() == [1, 1, 1]
     with pytest.raises(ValueError):
         ref.pseudo_labels(logits)
+
+
+def test_project_channels_last_conv_and_grouped_blocks():
+    torch.manual_seed(4)
+    conv = nn.Conv2d(4, 6, 3, padding=1, groups=2).double()
+    m = uf.SecondMoments(conv, dtype=torch.float64).collect([torch.randn(3, 4, 5, 5,
+                                                                         dtype=torch.float64)],
+                                                            progress=False)
+    bases = uf.NullSpace.from_moments(m, "rank:5", dtype=torch.float64)
+    conv = conv.to(memory_format=torch.channels_last)
+    conv(torch.randn(2, 4, 5, 5, dtype=torch.float64)).sum().backward()
+    assert not conv.weight.grad.is_contiguous()
+    G = conv.weight.grad.contiguous().view(6, -1).clone()
+    uf.project_(conv, bases)
+    lb = bases[""]
+    expect = torch.cat([ref.project(Gg, lb.bases[g], lb.subtract[g])
+                        for g, Gg in enumerate(G.chunk(2, 0))])
+    torch.testing.assert_close(conv.weight.grad.contiguous().view(6, -1), expect)
