@@ -1,0 +1,325 @@
+"""Triton grouped projection: ``G_i ← G_i − (G_i B_i)B_iᵀ`` (or ``(G_i B_i)B_iᵀ``) for many layers.
+
+One persistent launch per gradient dtype covers every layer: the host builds a work table of
+(layer, first row) items, ``BLOCK_M`` rows each, and a layer table of pointers, shapes,
+strides and the mode, all int64 in one device tensor; programs walk the items grid-stride.
+Per item, with ``T = G_tile B`` kept on chip (``BLOCK_M x BLOCK_R``, fp32, fp64 for fp64):
+
+* pass 1 loops over d in ``BLOCK_D`` chunks: ``T += G[:, chunk] @ B[chunk, :]``;
+* pass 2 loops over d again: ``G[:, chunk] ← G[:, chunk] − T @ B[chunk, :]ᵀ`` (or ``T @ B[chunk, :]ᵀ``).
+
+Layers whose rank m exceeds ``BLOCK_R`` take the same two passes over m chunks, with T parked in
+an fp32/fp64 global workspace (``rows x m`` per such layer, written and read back by the same
+program, with a barrier between the passes): G is only overwritten once all of T is known, so
+the result does not rely on B being exactly orthonormal.
+
+Precision: pass 1 multiplies in G's dtype (fp16/bf16 tensor cores, exact products) with fp32
+sums; pass 2 feeds T rounded to G's dtype for fp16/bf16 (an error of the order of the output
+rounding), fp32 T for fp32 (TF32 only when torch's fp32 matmul precision allows it), fp64 for
+fp64. Layers with m = 0 are skipped (subtract) or zeroed (null mode) on the host.
+
+The op is a :func:`torch.library.custom_op`, opaque to ``torch.compile``: a table of raw
+pointers cannot be built from the fake tensors compile traces with, so the op is not a
+``triton_op``; compile still keeps it in the graph (no graph break).
+"""
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from .triton_accumulate import INTERPRET, KEEP, TO_FP32, TO_FP64, _convert, allow_tf32
+
+NF = 12  # int64 fields per layer in the table
+(F_G, F_B, F_ROWS, F_D, F_M, F_SGR, F_SGC, F_SBR, F_SBC, F_SUB, F_WS, _F_PAD) = range(NF)
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    BLOCK_M: int
+    BLOCK_D: int
+    BLOCK_R: int  # ranks up to BLOCK_R stay on chip; larger ones use the workspace path
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+def _candidates(dtype: torch.dtype, device: torch.device) -> list[ProjectConfig]:
+    """Candidate tilings by architecture and dtype; the first is the untuned default."""
+    if INTERPRET or device.type != "cuda":
+        return [ProjectConfig(16, 32, 16, 4, 1)]
+    major, _ = torch.cuda.get_device_capability(device)
+    if dtype == torch.float64:
+        return [ProjectConfig(32, 32, 32, 4, 2), ProjectConfig(32, 32, 64, 8, 2),
+                ProjectConfig(64, 32, 32, 8, 2)]
+    big = dtype in (torch.float16, torch.bfloat16)
+    if major >= 9:  # Hopper
+        if big:
+            return [ProjectConfig(64, 64, 128, 8, 3), ProjectConfig(128, 64, 128, 8, 3),
+                    ProjectConfig(64, 128, 64, 4, 3), ProjectConfig(64, 64, 64, 4, 4),
+                    ProjectConfig(128, 64, 64, 8, 3)]
+        return [ProjectConfig(64, 32, 128, 8, 3), ProjectConfig(64, 64, 64, 4, 3),
+                ProjectConfig(128, 32, 64, 8, 3), ProjectConfig(64, 32, 64, 4, 4)]
+    if major == 8:  # Ampere / Ada
+        if big:
+            return [ProjectConfig(64, 64, 64, 4, 3), ProjectConfig(64, 64, 128, 8, 2),
+                    ProjectConfig(128, 32, 64, 8, 3), ProjectConfig(32, 64, 64, 4, 3)]
+        return [ProjectConfig(64, 32, 64, 4, 2), ProjectConfig(32, 32, 128, 4, 2),
+                ProjectConfig(64, 32, 128, 8, 2)]
+    return [ProjectConfig(32, 32, 64, 4, 2)]
+
+
+@triton.jit
+def _onchip_tile(G, B, offs_m, mask_m, sgr, sgc, sbr, sbc, d, m, sub,
+                 ACC: tl.constexpr, COMPUTE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr):
+    offs_r = tl.arange(0, BLOCK_R)
+    mask_r = offs_r < m
+    g_row = offs_m.to(tl.int64) * sgr
+    b_col = offs_r.to(tl.int64) * sbc
+    t = tl.zeros((BLOCK_M, BLOCK_R), dtype=ACC)
+    for d0 in range(0, d, BLOCK_D):  # pass 1: T = G_tile B over all d chunks
+        offs_d = d0 + tl.arange(0, BLOCK_D)
+        mask_d = offs_d < d
+        g = tl.load(G + g_row[:, None] + offs_d.to(tl.int64)[None, :] * sgc,
+                    mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+        b = tl.load(B + offs_d.to(tl.int64)[:, None] * sbr + b_col[None, :],
+                    mask=mask_d[:, None] & mask_r[None, :], other=0.0)
+        t = tl.dot(_convert(g, COMPUTE), _convert(b, COMPUTE), t,
+                   input_precision=DOT_PRECISION, out_dtype=ACC)
+    if COMPUTE == 0:
+        t_in = t.to(G.dtype.element_ty)  # fp16/bf16 tensor cores for T Bᵀ
+    else:
+        t_in = t
+    for d0 in range(0, d, BLOCK_D):  # pass 2: G_chunk ← G_chunk − T B_chunkᵀ, chunk by chunk
+        offs_d = d0 + tl.arange(0, BLOCK_D)
+        mask_d = offs_d < d
+        bt = tl.load(B + b_col[:, None] + offs_d.to(tl.int64)[None, :] * sbr,
+                     mask=mask_r[:, None] & mask_d[None, :], other=0.0)
+        u = tl.dot(t_in, _convert(bt, COMPUTE), input_precision=DOT_PRECISION, out_dtype=ACC)
+        ptrs = G + g_row[:, None] + offs_d.to(tl.int64)[None, :] * sgc
+        mask = mask_m[:, None] & mask_d[None, :]
+        g = tl.load(ptrs, mask=mask, other=0.0).to(ACC)
+        res = tl.where(sub != 0, g - u, u)
+        tl.store(ptrs, res.to(G.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _workspace_tile(G, B, WS, offs_m, mask_m, sgr, sgc, sbr, sbc, d, m, sub,
+                    ACC: tl.constexpr, COMPUTE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr):
+    g_row = offs_m.to(tl.int64) * sgr
+    ws_row = offs_m.to(tl.int64) * m
+    for r0 in range(0, m, BLOCK_R):  # pass 1, chunk of ranks by chunk: T[:, r0:r0+R]
+        offs_r = r0 + tl.arange(0, BLOCK_R)
+        mask_r = offs_r < m
+        b_col = offs_r.to(tl.int64) * sbc
+        t = tl.zeros((BLOCK_M, BLOCK_R), dtype=ACC)
+        for d0 in range(0, d, BLOCK_D):
+            offs_d = d0 + tl.arange(0, BLOCK_D)
+            mask_d = offs_d < d
+            g = tl.load(G + g_row[:, None] + offs_d.to(tl.int64)[None, :] * sgc,
+                        mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+            b = tl.load(B + offs_d.to(tl.int64)[:, None] * sbr + b_col[None, :],
+                        mask=mask_d[:, None] & mask_r[None, :], other=0.0)
+            t = tl.dot(_convert(g, COMPUTE), _convert(b, COMPUTE), t,
+                       input_precision=DOT_PRECISION, out_dtype=ACC)
+        tl.store(WS + ws_row[:, None] + offs_r[None, :], t,
+                 mask=mask_m[:, None] & mask_r[None, :])
+    tl.debug_barrier()  # T written by some threads is read by others below
+    for d0 in range(0, d, BLOCK_D):  # pass 2: G_chunk ← G_chunk − Σ_r T_r B[chunk, r]ᵀ
+        offs_d = d0 + tl.arange(0, BLOCK_D)
+        mask_d = offs_d < d
+        u = tl.zeros((BLOCK_M, BLOCK_D), dtype=ACC)
+        for r0 in range(0, m, BLOCK_R):
+            offs_r = r0 + tl.arange(0, BLOCK_R)
+            mask_r = offs_r < m
+            t = tl.load(WS + ws_row[:, None] + offs_r[None, :],
+                        mask=mask_m[:, None] & mask_r[None, :], other=0.0)
+            if COMPUTE == 0:
+                t = t.to(G.dtype.element_ty)
+            bt = tl.load(B + offs_r.to(tl.int64)[:, None] * sbc
+                         + offs_d.to(tl.int64)[None, :] * sbr,
+                         mask=mask_r[:, None] & mask_d[None, :], other=0.0)
+            u = tl.dot(t, _convert(bt, COMPUTE), u, input_precision=DOT_PRECISION,
+                       out_dtype=ACC)
+        ptrs = G + g_row[:, None] + offs_d.to(tl.int64)[None, :] * sgc
+        mask = mask_m[:, None] & mask_d[None, :]
+        g = tl.load(ptrs, mask=mask, other=0.0).to(ACC)
+        res = tl.where(sub != 0, g - u, u)
+        tl.store(ptrs, res.to(G.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def project_kernel(tab_ptr, work_ptr, n_work, ws_ptr, witness_ptr,
+                   NF: tl.constexpr, COMPUTE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr):
+    """Persistent: program p handles work items p, p + P, p + 2P, ... (P programs)."""
+    ACC: tl.constexpr = ws_ptr.dtype.element_ty
+    for w in range(tl.program_id(0), n_work, tl.num_programs(0)):
+        layer = tl.load(work_ptr + 2 * w)
+        row0 = tl.load(work_ptr + 2 * w + 1)
+        base = tab_ptr + layer * NF
+        G = tl.load(base + 0).to(witness_ptr.dtype)
+        B = tl.load(base + 1).to(witness_ptr.dtype)
+        rows = tl.load(base + 2)
+        d = tl.load(base + 3)
+        m = tl.load(base + 4)
+        sgr = tl.load(base + 5)
+        sgc = tl.load(base + 6)
+        sbr = tl.load(base + 7)
+        sbc = tl.load(base + 8)
+        sub = tl.load(base + 9)
+        ws_off = tl.load(base + 10)
+        offs_m = row0 + tl.arange(0, BLOCK_M)
+        mask_m = offs_m < rows
+        if m <= BLOCK_R:
+            _onchip_tile(G, B, offs_m, mask_m, sgr, sgc, sbr, sbc, d, m, sub,
+                         ACC, COMPUTE, DOT_PRECISION, BLOCK_M, BLOCK_D, BLOCK_R)
+        else:
+            _workspace_tile(G, B, ws_ptr + ws_off, offs_m, mask_m, sgr, sgc, sbr, sbc, d, m,
+                            sub, ACC, COMPUTE, DOT_PRECISION, BLOCK_M, BLOCK_D, BLOCK_R)
+
+
+def _compute_mode(dtype: torch.dtype) -> int:
+    if dtype == torch.float64:
+        return TO_FP64
+    if dtype == torch.float32 or (dtype == torch.bfloat16 and INTERPRET):
+        return TO_FP32  # (bf16 tl.dot is broken in Triton's interpreter)
+    return KEEP
+
+
+_TABLES: OrderedDict = OrderedDict()  # host description -> device table, most recent last
+_TABLE_CACHE_SIZE = 32
+_TUNED: dict = {}
+
+
+def _device_table(values: tuple, device: torch.device) -> Tensor:
+    """The int64 table on the device; cached, since the same grads recur step after step."""
+    key = (device, values)
+    tab = _TABLES.get(key)
+    if tab is None:
+        tab = torch.tensor(values, dtype=torch.int64).to(device)
+        _TABLES[key] = tab
+        if len(_TABLES) > _TABLE_CACHE_SIZE:
+            _TABLES.popitem(last=False)
+    else:
+        _TABLES.move_to_end(key)
+    return tab
+
+
+def _plan(grads: list[Tensor], bases: list[Tensor], subtract: list[bool],
+          cfg: ProjectConfig) -> tuple[tuple, int, int, int]:
+    """(table values, number of layers, number of work items, workspace elements)."""
+    layers, ws_total = [], 0
+    for G, B, sub in zip(grads, bases, subtract):
+        rows, d = G.shape
+        m = B.shape[1]
+        ws_off = -1
+        if m > cfg.BLOCK_R:
+            ws_off, ws_total = ws_total, ws_total + rows * m
+        layers.append((G.data_ptr(), B.data_ptr(), rows, d, m, G.stride(0), G.stride(1),
+                       B.stride(0), B.stride(1), int(sub), ws_off, 0))
+    # Heaviest layers first, so the grid-stride walk ends on small items (load balance).
+    order = sorted(range(len(layers)), key=lambda i: -layers[i][F_D] * max(layers[i][F_M], 1))
+    work = []
+    for i in order:
+        for row0 in range(0, layers[i][F_ROWS], cfg.BLOCK_M):
+            work += [i, row0]
+    values = tuple(v for layer in layers for v in layer) + tuple(work)
+    return values, len(layers), len(work) // 2, ws_total
+
+
+def _launch(grads, bases, subtract, cfg: ProjectConfig, tf32: bool) -> None:
+    G0 = grads[0]
+    device = G0.device
+    values, n_layers, n_work, ws_total = _plan(grads, bases, subtract, cfg)
+    tab = _device_table(values, device)
+    acc = torch.float64 if G0.dtype == torch.float64 else torch.float32
+    ws = torch.empty(max(ws_total, 1), dtype=acc, device=device)
+    if device.type == "cuda":
+        programs = 2 * torch.cuda.get_device_properties(device).multi_processor_count
+    else:
+        programs = 3  # interpreter: a few programs, so each walks several items
+    grid = (max(1, min(n_work, programs)),)
+    project_kernel[grid](
+        tab, tab[n_layers * NF:], n_work, ws, G0,
+        NF=NF, COMPUTE=_compute_mode(G0.dtype), DOT_PRECISION="tf32" if tf32 else "ieee",
+        BLOCK_M=cfg.BLOCK_M, BLOCK_D=cfg.BLOCK_D, BLOCK_R=cfg.BLOCK_R,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+
+def _bucket(x: int) -> int:
+    return triton.next_power_of_2(max(int(x), 1))
+
+
+def _pick_config(grads, bases, subtract, tf32: bool, bench=None) -> ProjectConfig:
+    """The tiling for this group: measured once per (device, dtype, shape buckets) on CUDA.
+
+    Each candidate runs on clones of the gradients (the op is in place), timed with
+    ``triton.testing.do_bench``; a candidate that fails to compile (out of shared memory or
+    registers) is skipped. With one candidate (the interpreter) nothing is measured.
+    """
+    G0 = grads[0]
+    cands = _candidates(G0.dtype, G0.device)
+    if len(cands) == 1 or os.environ.get("UNSC_FAST_TRITON_AUTOTUNE", "1") == "0":
+        return cands[0]
+    max_m = max(B.shape[1] for B in bases)
+    key = (G0.device, G0.dtype, tf32, _bucket(max_m), _bucket(max(G.shape[1] for G in grads)),
+           _bucket(sum(G.shape[0] for G in grads)))
+    if key in _TUNED:
+        return _TUNED[key]
+    if bench is None:
+        def bench(fn):
+            return triton.testing.do_bench(fn, warmup=5, rep=25)
+    scratch = [G.clone() for G in grads]
+    best, best_t = cands[0], float("inf")
+    for cfg in cands:
+        try:
+            t = bench(lambda cfg=cfg: _launch(scratch, bases, subtract, cfg, tf32))
+        except Exception:  # e.g. triton.runtime.errors.OutOfResources for this tiling
+            continue
+        if t < best_t:
+            best, best_t = cfg, t
+    _TUNED[key] = best
+    return best
+
+
+def project_grouped(grads: list[Tensor], bases: list[Tensor], subtract: list[bool],
+                    config: ProjectConfig | None = None, tf32: bool | None = None) -> None:
+    """In place, for every i: ``G_i ← G_i − (G_i B_i)B_iᵀ`` or ``(G_i B_i)B_iᵀ``.
+
+    One launch per gradient dtype. ``config`` forces a tiling (tests use it to exercise the
+    workspace path with a small ``BLOCK_R``); ``tf32`` defaults to torch's matmul setting.
+    """
+    if tf32 is None:
+        tf32 = allow_tf32()
+    groups: dict[torch.dtype, list[tuple[Tensor, Tensor, bool]]] = {}
+    for G, B, sub in zip(grads, bases, subtract):
+        rows, d = G.shape
+        if rows == 0 or d == 0:
+            continue
+        if B.shape[1] == 0:  # rank 0: nothing to remove, or nothing to keep
+            if not sub:
+                G.zero_()
+            continue
+        groups.setdefault(G.dtype, []).append((G, B, bool(sub)))
+    for items in groups.values():
+        gs, bs, ss = (list(t) for t in zip(*items))
+        cfg = config or _pick_config(gs, bs, ss, tf32)
+        _launch(gs, bs, ss, cfg, tf32)
+
+
+@torch.library.custom_op("unsc_fast_triton::project_", mutates_args={"grads"})
+def project_(grads: list[Tensor], bases: list[Tensor], subtract: list[bool]) -> None:
+    """The grouped projection as a torch op (see :func:`project_grouped`)."""
+    project_grouped(grads, bases, subtract)
+
+
+@project_.register_fake
+def _(grads, bases, subtract) -> None:
+    return None
