@@ -1,0 +1,70 @@
+"""The Triton backend: the three ops of :mod:`unsc_fast.ops` as Triton kernels.
+
+* ``accumulate`` / ``accumulate_conv``: symmetric rank-k updates over the upper-triangular tiles
+  of S, rows split across programs with atomics; the conv version gathers patches from x by
+  pointer arithmetic (implicit im2col, any memory format). Both are
+  :func:`torch.library.triton_op` ops (``torch.ops.unsc_fast_triton.syrk_`` and ``syrk_conv_``),
+  so ``torch.compile`` sees the kernels. Kernels: :mod:`.triton_accumulate`.
+* ``project``: one persistent launch per gradient dtype over every layer's row tiles, from a
+  host-built table of pointers/strides/shapes (``torch.ops.unsc_fast_triton.project_``, a
+  custom op opaque to ``torch.compile``). Kernel: :mod:`.triton_project`.
+
+Devices: CUDA; also CPU tensors when ``TRITON_INTERPRET=1`` (Triton's interpreter, for tests).
+Declines: ``accumulate_conv`` with asymmetric or non-zero padding (``geom.symmetric_padding``
+is None). fp32 inputs use TF32 only when ``torch.get_float32_matmul_precision()`` is not
+``"highest"``. Importing raises ImportError when triton is missing, or when there is neither a
+GPU driver nor the interpreter; dispatch then records the backend as unavailable.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+try:
+    import triton
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(f"the triton backend needs the triton package ({exc})") from exc
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+if not INTERPRET:
+    if not torch.cuda.is_available():
+        raise ImportError("the triton backend needs a CUDA device (or TRITON_INTERPRET=1 set"
+                          " before triton is imported)")
+    try:
+        triton.runtime.driver.active.get_current_device()
+    except Exception as exc:  # "0 active drivers" and the like
+        raise ImportError(f"triton has no active GPU driver: {exc}") from exc
+
+from .. import dispatch  # noqa: E402
+from ..reference import ConvGeometry  # noqa: E402
+from . import triton_accumulate as _acc  # noqa: E402
+from . import triton_project as _proj  # noqa: E402
+
+DEVICES = ("cuda", "cpu") if INTERPRET else ("cuda",)
+
+
+@dispatch.register("accumulate", "triton", devices=DEVICES)
+def accumulate(S: Tensor, X: Tensor) -> Tensor:
+    _acc.syrk_(S, X, 0, _acc.allow_tf32())
+    return S
+
+
+def conv_supported(S: Tensor, x: Tensor, geom: ConvGeometry) -> bool:
+    """Only symmetric zero padding is gathered in-kernel; other modes go elsewhere."""
+    return geom.symmetric_padding is not None
+
+
+@dispatch.register("accumulate_conv", "triton", devices=DEVICES, supports=conv_supported)
+def accumulate_conv(S: Tensor, x: Tensor, geom: ConvGeometry) -> Tensor:
+    _acc.syrk_conv_(S, x, list(geom.kernel_size), list(geom.stride),
+                    list(geom.symmetric_padding), list(geom.dilation), geom.groups, 0,
+                    _acc.allow_tf32())
+    return S
+
+
+@dispatch.register("project", "triton", devices=DEVICES)
+def project(grads: Sequence[Tensor], bases: Sequence[Tensor], subtract: Sequence[bool]) -> None:
+    _proj.project_(list(grads), list(bases), [bool(s) for s in subtract])
