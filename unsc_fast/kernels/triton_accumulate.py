@@ -34,16 +34,19 @@ KEEP, TO_FP32, TO_FP64 = 0, 1, 2
 _MIN_STEPS_PER_SPLIT = 4
 
 
-def _configs() -> list[triton.Config]:
-    """Candidate tilings for the current device: Hopper (sm90+), Ampere (sm80/86/89), other."""
-    if INTERPRET or not torch.cuda.is_available():
-        # The interpreter runs one program at a time in numpy: one small config, no autotuning.
+def configs_for(major: int | None) -> list[triton.Config]:
+    """Candidate tilings for a GPU of compute capability ``major`` (None: the interpreter).
+
+    Hopper (9.x) has 228 KB of shared memory per SM and gets large tiles and deeper pipelines;
+    Ampere/Ada (8.x, 100-164 KB) smaller ones. Autotuning picks among them per (d, n bucket,
+    dtypes). The interpreter runs one program at a time in numpy: one small config.
+    """
+    if major is None:
         return [triton.Config({"BLOCK_D": 32, "BLOCK_K": 32}, num_warps=4, num_stages=1)]
-    major, _ = torch.cuda.get_device_capability()
-    if major >= 9:  # Hopper: large tiles, deeper pipelines (228 KB shared memory per SM)
+    if major >= 9:
         shapes = [(128, 64, 8, 3), (128, 32, 8, 4), (64, 64, 4, 4), (64, 32, 4, 5),
                   (128, 128, 8, 2), (32, 64, 4, 4)]
-    elif major == 8:  # Ampere / Ada: smaller shared memory (100-164 KB)
+    elif major == 8:
         shapes = [(128, 32, 8, 3), (128, 64, 8, 2), (64, 64, 4, 3), (64, 32, 4, 4),
                   (32, 64, 4, 4)]
     else:
@@ -52,7 +55,13 @@ def _configs() -> list[triton.Config]:
             for bd, bk, w, s in shapes]
 
 
-CONFIGS = _configs()
+def _arch() -> int | None:
+    if INTERPRET or not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_capability()[0]
+
+
+CONFIGS = configs_for(_arch())
 
 
 def _sm_count(device: torch.device) -> int:

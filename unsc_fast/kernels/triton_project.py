@@ -48,11 +48,14 @@ class ProjectConfig:
     num_stages: int = 2
 
 
-def _candidates(dtype: torch.dtype, device: torch.device) -> list[ProjectConfig]:
-    """Candidate tilings by architecture and dtype; the first is the untuned default."""
-    if INTERPRET or device.type != "cuda":
-        return [ProjectConfig(16, 32, 16, 4, 1)]
-    major, _ = torch.cuda.get_device_capability(device)
+def candidates_for(dtype: torch.dtype, major: int | None) -> list[ProjectConfig]:
+    """Candidate tilings by compute capability (None: the interpreter) and dtype.
+
+    The first is the default when tuning is off. T (BLOCK_M x BLOCK_R, fp32) lives in
+    registers: BLOCK_M * BLOCK_R / (32 * num_warps) <= 64 values per thread in every config.
+    """
+    if major is None:
+        return [ProjectConfig(16, 32, 32, 4, 1)]
     if dtype == torch.float64:
         return [ProjectConfig(32, 32, 32, 4, 2), ProjectConfig(32, 32, 64, 8, 2),
                 ProjectConfig(64, 32, 32, 8, 2)]
@@ -265,7 +268,10 @@ def _pick_config(grads, bases, subtract, tf32: bool, bench=None) -> ProjectConfi
     registers) is skipped. With one candidate (the interpreter) nothing is measured.
     """
     G0 = grads[0]
-    cands = _candidates(G0.dtype, G0.device)
+    major = None
+    if not INTERPRET and G0.device.type == "cuda":
+        major = torch.cuda.get_device_capability(G0.device)[0]
+    cands = candidates_for(G0.dtype, major)
     if len(cands) == 1 or os.environ.get("UNSC_FAST_TRITON_AUTOTUNE", "1") == "0":
         return cands[0]
     max_m = max(B.shape[1] for B in bases)
