@@ -1,8 +1,9 @@
 """Subprocess that measures the peak extra resident memory of one case's implementations (CPU).
 
-Reads ``{"spec": CaseSpec dict, "runners": [...], "threads": n}`` on stdin, prints one JSON
-line ``{runner: bytes, ...}``. Run by :func:`benchmarks.timing.cpu_peak_bytes_subprocess`
-with ``MALLOC_MMAP_THRESHOLD_=65536``; see :mod:`benchmarks.timing` for the method.
+Reads ``{"cases": [{"spec": CaseSpec dict, "runners": [...]}, ...], "threads": n}`` on stdin
+and prints one JSON line ``{"results": [{runner: bytes, ...}, ...]}``. Run by
+:func:`benchmarks.timing.cpu_peak_bytes_subprocess` with ``MALLOC_MMAP_THRESHOLD_=65536``
+(normally one case per process); see :mod:`benchmarks.timing` for the method.
 """
 from __future__ import annotations
 
@@ -28,18 +29,16 @@ def _reset_hwm() -> bool:
         return False
 
 
-def main() -> int:
-    req = json.loads(sys.stdin.read())
+def measure_case(spec_dict: dict, runners: list[str]) -> dict:
     import torch
 
     from .cases import make_inputs, make_runner
     from .shapes import CaseSpec
 
-    torch.set_num_threads(int(req.get("threads") or torch.get_num_threads()))
-    spec = CaseSpec.from_dict(req["spec"])
+    spec = CaseSpec.from_dict(spec_dict)
     inp = make_inputs(spec, torch.device("cpu"))
     out: dict = {}
-    for name in req["runners"]:
+    for name in runners:
         try:
             runner = make_runner(inp, name)
             runner.fn()                      # warm-up: code pages, thread pools, lazy init
@@ -58,7 +57,20 @@ def main() -> int:
         except Exception as exc:  # report, never hide
             out[name] = None
             out.setdefault("_error", f"{name}: {type(exc).__name__}: {exc}")
-    print(json.dumps(out))
+    del inp
+    gc.collect()
+    return out
+
+
+def main() -> int:
+    """stdin: ``{"cases": [{"spec": ..., "runners": [...]}, ...], "threads": n}``;
+    stdout: one JSON line ``{"results": [{runner: bytes, ...}, ...]}``."""
+    req = json.loads(sys.stdin.read())
+    import torch
+
+    torch.set_num_threads(int(req.get("threads") or torch.get_num_threads()))
+    results = [measure_case(c["spec"], c["runners"]) for c in req["cases"]]
+    print(json.dumps({"results": results}))
     return 0
 
 

@@ -38,8 +38,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--match", default=None, help="only cases whose shape set contains this")
     ap.add_argument("--no-e2e", action="store_true", help="skip the end-to-end runs")
     ap.add_argument("--no-plots", action="store_true")
-    ap.add_argument("--memory", default="on", choices=["on", "off"],
-                    help="peak-memory measurement (CPU: one subprocess per case)")
+    ap.add_argument("--memory", default="on", choices=["on", "shared", "off"],
+                    help="peak-memory measurement. CPU: 'on' = a fresh subprocess per case,"
+                         " 'shared' = one subprocess for all cases after the timings")
     ap.add_argument("--include-interpreted", action="store_true",
                     help="also time Triton on CPU tensors (its interpreter: ~1000x slow)")
     ap.add_argument("--budget-s", type=float, default=None,
@@ -106,7 +107,7 @@ def run_case(spec, device, args, roof, log) -> list[dict]:
                                     min_reps=min_reps, warmup=warmup, min_sample_s=min_sample,
                                     max_case_s=max_case_s)
     mem: dict = {}
-    if args.memory == "on":
+    if args.memory != "off":
         if device.type == "cuda":
             for n in list(runners):
                 runners[n] = None
@@ -118,10 +119,10 @@ def run_case(spec, device, args, roof, log) -> list[dict]:
                 except Exception as exc:
                     mem["_error"] = _short(exc)
                 del r
-        else:
+        elif args.memory == "on":
             runners.clear()
-            mem = timing.cpu_peak_bytes_subprocess(spec.to_dict(), list(stats),
-                                                   torch.get_num_threads())
+            mem = timing.cpu_peak_bytes_subprocess([(spec.to_dict(), list(stats))],
+                                                   torch.get_num_threads())[0]
     c = cost(spec)
     t_ref = stats.get("reference", {}).get("median_s")
     t_torch = stats.get(TORCH, {}).get("median_s")
@@ -145,11 +146,39 @@ def run_case(spec, device, args, roof, log) -> list[dict]:
         records.append({"op": spec.op, "shape_set": spec.shape_set, "label": spec.label,
                         "params": spec.params, "dtype": spec.dtype, "backend": n,
                         "status": e})
-    if mem.get("_error"):
-        for r in records:
-            r["memory_error"] = _short(mem["_error"], 300)
+    _attach_memory(records, mem)
     del inp, runners
     return records
+
+
+def _attach_memory(records: list[dict], mem: dict) -> None:
+    for r in records:
+        if r.get("status") == "ok" and r["backend"] in mem:
+            r["peak_mem_bytes"] = mem[r["backend"]]
+        if mem.get("_error"):
+            r["memory_error"] = _short(mem["_error"], 300)
+
+
+def _shared_memory_pass(res: dict, specs: list, log) -> None:
+    """--memory shared on CPU: every case's peak memory from one worker process."""
+    import torch
+
+    from . import timing
+
+    jobs, targets = [], []
+    for spec in specs:
+        recs = [r for r in res["cases"] if r.get("status") == "ok" and r["op"] == spec.op
+                and r["shape_set"] == spec.shape_set and r["label"] == spec.label
+                and r["dtype"] == spec.dtype]
+        if recs:
+            jobs.append((spec.to_dict(), [r["backend"] for r in recs]))
+            targets.append(recs)
+    if not jobs:
+        return
+    log(f"peak memory of {len(jobs)} cases in one worker process")
+    for recs, mem in zip(targets, timing.cpu_peak_bytes_subprocess(jobs,
+                                                                    torch.get_num_threads())):
+        _attach_memory(recs, mem)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     res: dict = {"schema": SCHEMA, "meta": meta, "roofline": None, "cases": [], "e2e": None,
                  "memory_method": None if args.memory == "off" else
                  (timing.CUDA_MEMORY_METHOD if device.type == "cuda"
-                  else timing.CPU_MEMORY_METHOD)}
+                  else timing.CPU_MEMORY_METHOD if args.memory == "on"
+                  else timing.CPU_MEMORY_METHOD.replace("fresh subprocess per case",
+                                                        "one subprocess for all cases"))}
     log(f"# unsc_fast benchmarks on {args.device} ({meta.get('gpu') or meta['cpu_model']},"
         f" {meta['torch_threads']} threads), preset {args.preset}")
     log(f"backends: {meta['backend_availability']}")
@@ -228,6 +259,10 @@ def main(argv: list[str] | None = None) -> int:
             f" {line}{'  ' + '; '.join(bad) if bad else ''}  ({time.perf_counter() - tc:.1f} s)")
         if device.type == "cuda":
             torch.cuda.empty_cache()
+
+    if args.memory == "shared" and device.type == "cpu":
+        _shared_memory_pass(res, specs, log)
+        _save(res, out)
 
     if not args.no_e2e:
         if args.budget_s is not None and time.perf_counter() - t0 > args.budget_s:

@@ -21,6 +21,8 @@ Peak memory:
   buffers leave the resident set and cannot hide the next one's cost. This counts everything
   the call touches (torch tensors, the extension's own buffers, BLAS packing buffers) but not
   memory that a library keeps cached from the warm-up call. Resolution: one page.
+  ``--memory shared`` (used by the smoke test) measures all cases in one worker process
+  after the timings instead: the same method, cheaper, with the heap state of earlier cases.
 """
 from __future__ import annotations
 
@@ -180,27 +182,31 @@ CUDA_MEMORY_METHOD = ("torch.cuda.max_memory_allocated during one call minus mem
                       " before it, after one warm-up call; inputs and state excluded")
 
 
-def cpu_peak_bytes_subprocess(spec_dict: dict, runners: list[str], threads: int,
-                              timeout_s: float = 300) -> dict:
-    """Run the memory worker for one case; returns {runner: bytes or None, '_error': ...}."""
+def cpu_peak_bytes_subprocess(cases: list[tuple[dict, list[str]]], threads: int,
+                              timeout_s: float = 600) -> list[dict]:
+    """Run the memory worker on (spec dict, runner names) cases, all in one fresh process.
+
+    Returns one dict per case: {runner: bytes or None}, with '_error' when it failed.
+    """
     env = dict(os.environ)
     env["MALLOC_MMAP_THRESHOLD_"] = "65536"
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"]
                                       if env.get("PYTHONPATH") else "")
     env.pop("TRITON_INTERPRET", None)
-    payload = json.dumps({"spec": spec_dict, "runners": runners, "threads": threads})
+    payload = json.dumps({"cases": [{"spec": s, "runners": r} for s, r in cases],
+                          "threads": threads})
     try:
         proc = subprocess.run([sys.executable, "-m", "benchmarks.memworker"], input=payload,
                               capture_output=True, text=True, env=env, cwd=str(REPO),
                               timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        return {"_error": f"memory worker timed out after {timeout_s:.0f} s"}
+        return [{"_error": f"memory worker timed out after {timeout_s:.0f} s"}] * len(cases)
     if proc.returncode != 0:
-        return {"_error": f"memory worker failed: {proc.stderr.strip()[-500:]}"}
+        return [{"_error": f"memory worker failed: {proc.stderr.strip()[-500:]}"}] * len(cases)
     try:
-        return json.loads(proc.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        return {"_error": f"memory worker printed no result: {proc.stdout[-300:]}"}
+        return json.loads(proc.stdout.strip().splitlines()[-1])["results"]
+    except (ValueError, IndexError, KeyError):
+        return [{"_error": f"memory worker printed no result: {proc.stdout[-300:]}"}] * len(cases)
 
 
 # ---- machine ----------------------------------------------------------------------------------

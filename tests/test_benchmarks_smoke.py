@@ -1,0 +1,76 @@
+"""The benchmark suite runs: smallest shapes, one repetition, into a temporary folder.
+
+Checks the JSON schema of ``results.json`` (what README tables and plots are built from), not
+any timing. Runs ``benchmarks.run.main`` in-process with one thread and one memory-worker
+process for all cases (about 15 s on a busy 2-core machine).
+"""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if not (ROOT / "benchmarks" / "run.py").is_file():  # an installed package without a checkout
+    pytest.skip("benchmarks/ is not next to the tests", allow_module_level=True)
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import run  # noqa: E402
+
+CASE_KEYS = {
+    "op": str, "shape_set": str, "label": str, "params": dict, "dtype": str, "backend": str,
+    "impl": str, "status": str, "median_s": float, "q1_s": float, "q3_s": float,
+    "iqr_s": float, "min_s": float, "max_s": float, "reps": int, "inner": int,
+    "flops": float, "bytes": float, "input_bytes": int, "GBps": float, "TFLOPs": float,
+}
+NULLABLE = ("ratio_vs_reference", "ratio_vs_torch", "pct_roofline", "pct_bw",
+            "pct_peak_flops", "peak_mem_bytes", "max_rel_err")
+
+
+def test_run_smoke_writes_the_schema(tmp_path):
+    threads = torch.get_num_threads()
+    try:
+        rc = run.main(["--device", "cpu", "--preset", "smoke", "--reps", "1", "--threads", "1",
+                       "--memory", "shared", "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["schema"] == run.SCHEMA
+    meta = res["meta"]
+    for k in ("date", "device", "cpu_model", "torch", "preset", "backend_availability"):
+        assert k in meta, k
+    assert meta["backend_availability"]["reference"] == "available"
+    roof = res["roofline"]
+    assert roof["copy_GBps"] > 0 and roof["matmul_TFLOPs"]["float32"] > 0
+
+    ok = [c for c in res["cases"] if c["status"] == "ok"]
+    assert {c["op"] for c in ok} == {"accumulate", "accumulate_conv", "project", "eigh"}
+    for c in ok:
+        for k, t in CASE_KEYS.items():
+            assert isinstance(c[k], t) or (t is float and isinstance(c[k], int)), (k, c[k])
+        for k in NULLABLE:
+            assert k in c and (c[k] is None or isinstance(c[k], (int, float))), k
+        assert c["median_s"] > 0 and c["min_s"] <= c["median_s"] <= c["max_s"]
+    # every op with backends has the reference, the torch primitive, and their ratios
+    for op in ("accumulate", "accumulate_conv", "project"):
+        impls = {c["backend"]: c for c in ok if c["op"] == op}
+        assert {"reference", "torch"} <= set(impls), (op, set(impls))
+        assert impls["reference"]["ratio_vs_reference"] == pytest.approx(1.0)
+        assert impls["torch"]["max_rel_err"] < 1e-4
+        assert impls["reference"]["peak_mem_bytes"] is not None
+    # Triton's interpreter is never timed on CPU
+    assert "triton" not in {c["backend"] for c in ok}
+
+    e2e = res["e2e"]
+    names = [r["pipeline"] for r in e2e["rows"]]
+    assert any(n.startswith("unsc_fast[reference]") for n in names)
+    assert any(n.startswith("authors-style") for n in names)
+    assert any(n.startswith("retrain") for n in names)
+    for r in e2e["rows"]:
+        assert r["time_total_s"] > 0 and 0 <= r["acc_r"] <= 100
+
+    for name in ("summary.md", "table.md"):
+        assert (tmp_path / name).read_text().strip()
