@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -48,10 +49,107 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- the job subcommands -----------------------------------------------------------------------
+
+def _common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("common (override the config file)")
+    g.add_argument("--config", metavar="TOML", help="a TOML config file (flags override it)")
+    g.add_argument("--dataset", help="mnist5k | digits | synthetic | fashion_mnist | cifar10"
+                   " | cifar100 | svhn (the last four read local files from --data-root)")
+    g.add_argument("--data-root", metavar="DIR", help="directory of local data set files")
+    g.add_argument("--data-seed", type=int, metavar="N",
+                   help="train/test split of built-in data, k-means and random picks")
+    g.add_argument("--model", help="small_cnn | mlp | alexnet | allcnn | vgg11_bn | resnet18")
+    g.add_argument("--width", type=float, help="channel / hidden-size multiplier (default 1)")
+    g.add_argument("--seed", type=int, help="seed of model init, shuffling, dropout, labels")
+    g.add_argument("--device", help="cpu (default) or cuda")
+    g.add_argument("--backend", help="kernel backend: reference | cpp | cuda | triton | auto")
+    g.add_argument("--quiet", action="store_true", default=None, help="no progress bars")
+
+
+def _scenario(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("scenario (what to forget)")
+    g.add_argument("--scenario", choices=["class", "classes", "subclass", "random"],
+                   help="class(es): whole classes; subclass: a k-means cluster of one class;"
+                   " random: random training samples")
+    g.add_argument("--forget", type=int, nargs="+", metavar="C",
+                   help="class(es) to forget (class / classes / subclass)")
+    g.add_argument("--subclass-k", type=int, metavar="K", help="subclass: k-means clusters")
+    g.add_argument("--cluster", type=int, help="subclass: which cluster (0 = largest)")
+    g.add_argument("--count", type=int, help="random: number of samples to forget")
+    g.add_argument("--fraction", type=float, help="random: share of samples to forget")
+
+
+def _train_flags(p: argparse.ArgumentParser, primary: bool = False) -> None:
+    g = p.add_argument_group("training (original model, retrain baseline)")
+    names = (lambda a: [f"--{a}", f"--train-{a}"]) if primary else (lambda a: [f"--train-{a}"])
+    g.add_argument(*names("epochs"), dest="train_epochs", type=int, metavar="N")
+    g.add_argument(*names("lr"), dest="train_lr", type=float, metavar="LR")
+    g.add_argument(*names("batch-size"), dest="train_batch_size", type=int, metavar="N")
+    g.add_argument("--optimizer", choices=["adam", "sgd"])
+
+
+def _unlearn_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("unlearning")
+    g.add_argument("--rule", help="rank rule: energy:0.99 | floor:10 | threshold:0.01 | rank:K")
+    g.add_argument("--lr", type=float, help="unlearning learning rate")
+    g.add_argument("--epochs", type=int, help="unlearning epochs")
+    g.add_argument("--batch-size", type=int, help="unlearning batch size (D_f)")
+    g.add_argument("--max-retain-samples", type=int, metavar="N",
+                   help="cap on the D_r samples the statistics see")
+    g.add_argument("--include-bias", action="store_true", default=None,
+                   help="cover biases by a constant-1 input feature")
+
+
+def _eval_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--mia-feature", choices=["confidence", "entropy", "both"])
+    g.add_argument("--no-mia", action="store_true", default=None,
+                   help="skip the membership-inference attacks")
+
+
+def _config(args: argparse.Namespace):
+    from .config import build_config
+    return build_config(args.config, vars(args))
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .jobs import train_job
+    train_job(_config(args), args.out, exclude_classes=args.exclude_classes)
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from .jobs import stats_job
+    stats_job(_config(args), args.checkpoint, args.out, bases_out=args.bases_out)
+    return 0
+
+
+def _unlearn(args: argparse.Namespace) -> int:
+    from .jobs import unlearn_job
+    unlearn_job(_config(args), args.checkpoint, args.out, stats=args.stats, bases=args.bases,
+                method=args.method, report=args.report, bases_out=args.bases_out)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .jobs import evaluate_job
+    evaluate_job(_config(args), args.checkpoint, out=args.out)
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .jobs import compare_job
+    compare_job(_config(args), args.out, figures=not args.no_figures)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="unsc-fast",
-        description="Machine unlearning via null space calibration (UNSC).")
+        description="Machine unlearning via null space calibration (UNSC).",
+        epilog="Each subcommand takes --config FILE.toml; flags override the file."
+        " Exit status: 0 ok, 1 error (message on stderr), 2 bad command line.")
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="train a small model on built-in data, forget a class,"
                        " print the before/after table")
@@ -66,12 +164,83 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--quiet", action="store_true", help="no progress bars")
     d.set_defaults(func=_demo)
+
+    t = sub.add_parser("train", help="train the original model (or, with --exclude-classes,"
+                       " the retrain-from-scratch baseline) and save a checkpoint")
+    t.add_argument("--out", required=True, metavar="CKPT",
+                   help="checkpoint to write (.safetensors, or .pt/.pth for torch.save)")
+    t.add_argument("--exclude-classes", type=int, nargs="+", metavar="C",
+                   help="leave these classes out of training (the retrain baseline)")
+    _common(t)
+    _train_flags(t, primary=True)
+    t.set_defaults(func=_train)
+
+    s = sub.add_parser("stats", help="second moments of every layer's inputs over D_r, saved")
+    s.add_argument("--checkpoint", required=True, metavar="CKPT", help="the original model")
+    s.add_argument("--out", required=True, metavar="FILE", help="statistics file to write")
+    s.add_argument("--bases-out", metavar="FILE", help="also compute and save the bases")
+    _common(s)
+    _scenario(s)
+    _unlearn_flags(s)
+    s.set_defaults(func=_stats)
+
+    u = sub.add_parser("unlearn", help="forget D_f from a checkpoint (UNSC or a baseline)")
+    u.add_argument("--checkpoint", required=True, metavar="CKPT", help="the original model")
+    u.add_argument("--out", required=True, metavar="CKPT", help="unlearned model to write")
+    src = u.add_mutually_exclusive_group()
+    src.add_argument("--stats", metavar="FILE", help="saved second moments (from `stats`)")
+    src.add_argument("--bases", metavar="FILE", help="saved bases (from `stats --bases-out`)")
+    u.add_argument("--method", default="unsc", help="unsc (default) | retrain | finetune |"
+                   " grad_ascent | random_labels | random_labels_proj | boundary_shrink | salun")
+    u.add_argument("--report", metavar="JSON", help="evaluate before/after, write a report")
+    u.add_argument("--bases-out", metavar="FILE", help="save the bases UNSC computed")
+    _common(u)
+    _scenario(u)
+    _unlearn_flags(u)
+    _train_flags(u)
+    _eval_flags(u)
+    u.set_defaults(func=_unlearn)
+
+    e = sub.add_parser("evaluate", help="Acc_r / Acc_f / train accuracies / MIA of checkpoints")
+    e.add_argument("--checkpoint", required=True, nargs="+", metavar="CKPT")
+    e.add_argument("--out", metavar="JSON", help="write the JSON report here")
+    _common(e)
+    _scenario(e)
+    _eval_flags(e)
+    e.set_defaults(func=_evaluate)
+
+    c = sub.add_parser("compare", help="original vs retrain vs UNSC vs baselines over seeds:"
+                       " report.json, results.md, per_class.png, methods.png")
+    c.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    c.add_argument("--methods", nargs="+", metavar="M", help="methods (default: all)")
+    c.add_argument("--seeds", type=int, nargs="+", metavar="S", help="seeds (default: 0)")
+    c.add_argument("--no-figures", action="store_true", help="skip the PNGs")
+    _common(c)
+    _scenario(c)
+    _train_flags(c)
+    _unlearn_flags(c)
+    _eval_flags(c)
+    c.set_defaults(func=_compare)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    if args.command == "demo":
+        return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("unsc-fast: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, ImportError, KeyError, RuntimeError) as exc:
+        if os.environ.get("UNSC_FAST_DEBUG"):
+            raise
+        msg = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+        if isinstance(exc, (KeyError, RuntimeError)):   # not one of ours: name it, offer help
+            msg = f"{type(exc).__name__}: {msg} (UNSC_FAST_DEBUG=1 shows the traceback)"
+        print(f"unsc-fast {args.command}: error: {msg}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -10,13 +10,24 @@ from torch import nn
 from .stats import _model_device, _progress
 
 
+def make_optimizer(params, name: str = "adam", lr: float = 1e-3, weight_decay: float = 0.0,
+                   momentum: float = 0.9) -> torch.optim.Optimizer:
+    """``"adam"`` or ``"sgd"`` (with ``momentum``) over ``params``."""
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; choose 'adam' or 'sgd'")
+
+
 def train(model: nn.Module, data: Iterable, *, epochs: int = 5, lr: float = 1e-3,
-          weight_decay: float = 0.0, progress: bool = True) -> nn.Module:
-    """Train ``model`` in place with Adam and cross-entropy; returns it in eval mode."""
+          weight_decay: float = 0.0, progress: bool = True, optimizer: str = "adam",
+          momentum: float = 0.9, desc: str = "training") -> nn.Module:
+    """Train ``model`` in place with cross-entropy (Adam by default); returns it in eval mode."""
     device = _model_device(model)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = make_optimizer(model.parameters(), optimizer, lr, weight_decay, momentum)
     model.train()
-    with _progress(range(epochs), progress, "training") as bar:
+    with _progress(range(epochs), progress, desc) as bar:
         for _ in bar:
             for x, y in data:
                 loss = F.cross_entropy(model(x.to(device)), y.to(device))

@@ -1,0 +1,316 @@
+"""UNSC and the baselines of the evaluation protocol, in one harness.
+
+Every method is a function ``method(task, **hyperparameters) -> MethodResult`` registered in
+``METHODS`` by name; hyperparameters come from a config's ``[methods.<name>]`` table. The
+original model in ``task`` is never modified. All methods that train on D_f alone keep
+BatchNorm in eval mode and train only the ``nn.Linear`` / ``nn.Conv2d`` weights (the same
+parameter set UNSC may move), so the comparison isolates the labels, the loss and the
+projection.
+
+- ``original``: the model as it is (the "before" row).
+- ``retrain``: a fresh model (same seed) trained on D_r with the original's training
+  settings: the gold standard.
+- ``unsc``: :func:`unsc_fast.unlearn` (pseudo-labels, null-space projection).
+- ``finetune``: a few epochs of SGD (momentum 0.9) on D_r only (catastrophic forgetting).
+- ``grad_ascent``: SGD ascending the cross-entropy of D_f (true labels).
+- ``random_labels``: fine-tune on D_f with uniformly random labels among the allowed classes,
+  no projection (``unlearn(..., relabel="random", project=False)``).
+- ``random_labels_proj``: the same labels inside the null space (``relabel="random"``): the
+  ablation that isolates UNSC's pseudo-labels.
+- ``boundary_shrink``: simplified Boundary Shrink (Chen et al., CVPR 2023): each forget
+  sample x gets the label the *original* model gives to its FGSM neighbour
+  ``x + eps * sign(grad_x CE(x, y))`` (the nearest wrong side of the decision boundary),
+  restricted to allowed classes (the own label / forgotten classes masked; the original
+  keeps a failed attack's label); then SGD on (x, neighbour label). No retain data, no
+  projection.
+- ``salun``: SalUn (Fan et al., ICLR 2024), random-label variant: a weight saliency mask
+  (the ``1 - sparsity`` share of weights with the largest |grad| of the D_f loss, one global
+  threshold) and SGD on random-labelled D_f batches plus true-labelled D_r batches, every
+  gradient multiplied by the mask.
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import loader
+from .reference import pseudo_labels
+from .scenarios import ScenarioSplit
+from .stats import _model_device, _progress
+from .unlearn import freeze_for_unlearning, unlearn
+
+
+@dataclass
+class Task:
+    """What every method gets: the original model, the scenario's data, and settings."""
+
+    model: nn.Module                 # θ_o, left untouched
+    split: ScenarioSplit
+    model_name: str
+    width: float
+    input_shape: tuple[int, ...]
+    train: dict                      # epochs, lr, batch_size, optimizer, weight_decay, momentum
+    unlearn: dict                    # lr, epochs, batch_size, rule, max_retain_samples, ...
+    seed: int = 0
+    progress: bool = True
+    backend: str | None = None
+    moments: object | None = None    # precomputed SecondMoments (unsc)
+    bases: object | None = None      # precomputed NullSpace (unsc)
+
+    @property
+    def forget_classes(self) -> list[int] | None:
+        return self.split.forget_classes
+
+    def forget_loader(self, batch_size: int | None = None, shuffle: bool = True):
+        return loader(self.split.forget, batch_size or self.unlearn["batch_size"], shuffle,
+                      self.seed)
+
+    def retain_loader(self, batch_size: int | None = None, shuffle: bool = False):
+        return loader(self.split.retain, batch_size or self.unlearn["batch_size"], shuffle,
+                      self.seed)
+
+
+@dataclass
+class MethodResult:
+    model: nn.Module
+    times: dict[str, float] = field(default_factory=dict)   # seconds per phase
+    info: dict = field(default_factory=dict)                # JSON-able extras
+    bases: object | None = None                              # NullSpace (UNSC)
+
+
+METHODS: dict[str, Callable[..., MethodResult]] = {}
+
+
+def register(name: str):
+    def deco(fn):
+        METHODS[name] = fn
+        return fn
+    return deco
+
+
+def run_method(name: str, task: Task, **hp) -> MethodResult:
+    """Run method ``name`` with hyperparameters ``hp`` (unknown ones are an error)."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
+    fn = METHODS[name]
+    params = inspect.signature(fn).parameters
+    allowed = [p for p in params if p != "task"]
+    unknown = sorted(set(hp) - set(allowed))
+    if unknown:
+        raise ValueError(f"method {name!r} has no hyperparameter {unknown}; it takes {allowed}")
+    torch.manual_seed(task.seed)       # each method starts from the same RNG state
+    t = time.perf_counter()
+    res = fn(task, **hp)
+    res.times["total"] = time.perf_counter() - t
+    return res
+
+
+def _allowed_labels(task: Task, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return pseudo_labels(logits, y, task.forget_classes)
+
+
+def _random_labels(task: Task, y: torch.Tensor, num_classes: int,
+                   gen: torch.Generator) -> torch.Tensor:
+    return pseudo_labels(torch.rand(len(y), num_classes, generator=gen), y, task.forget_classes)
+
+
+# -- the methods ---------------------------------------------------------------------------------
+
+@register("original")
+def original(task: Task) -> MethodResult:
+    """The original model, unchanged."""
+    return MethodResult(task.model)
+
+
+@register("retrain")
+def retrain(task: Task, epochs: int | None = None, lr: float | None = None) -> MethodResult:
+    """Train a fresh model on D_r from scratch (training settings of the original)."""
+    from .models import build_model
+    from .train import train
+    tr = dict(task.train)
+    tr["epochs"] = tr["epochs"] if epochs is None else epochs
+    tr["lr"] = tr["lr"] if lr is None else lr
+    torch.manual_seed(task.seed)
+    model = build_model(task.model_name, task.input_shape, task.split.num_classes, task.width)
+    model.to(_model_device(task.model))
+    t = time.perf_counter()
+    train(model, loader(task.split.retain, tr["batch_size"], True, task.seed),
+          epochs=tr["epochs"], lr=tr["lr"], weight_decay=tr.get("weight_decay", 0.0),
+          optimizer=tr.get("optimizer", "adam"), momentum=tr.get("momentum", 0.9),
+          progress=task.progress, desc="retrain")
+    return MethodResult(model, {"train": time.perf_counter() - t})
+
+
+@register("unsc")
+def unsc(task: Task, lr: float | None = None, epochs: int | None = None,
+         rule: str | None = None, max_retain_samples: int | None = None,
+         include_bias: bool | None = None, batch_size: int | None = None) -> MethodResult:
+    """UNSC: pseudo-labels from θ_o, every weight gradient projected onto D_r's null space."""
+    u = task.unlearn
+    res = unlearn(task.model, task.forget_loader(batch_size), task.retain_loader(256),
+                  forget_classes=task.forget_classes, bases=task.bases, moments=task.moments,
+                  rule=rule or u["rule"], lr=lr or u["lr"],
+                  epochs=u["epochs"] if epochs is None else epochs,
+                  max_retain_samples=max_retain_samples or u.get("max_retain_samples"),
+                  include_bias=u.get("include_bias", False) if include_bias is None
+                  else include_bias, seed=task.seed, backend=task.backend,
+                  progress=task.progress)
+    r = res.report
+    return MethodResult(res.model, {"stats": r.time_stats, "bases": r.time_bases,
+                                    "unlearn": r.time_unlearn},
+                        {"ranks": r.ranks, "dims": r.dims, "epoch_loss": r.epoch_loss},
+                        res.bases)
+
+
+def _random_relabel(task: Task, project: bool, lr, epochs, batch_size) -> MethodResult:
+    u = task.unlearn
+    res = unlearn(task.model, task.forget_loader(batch_size), task.retain_loader(256),
+                  forget_classes=task.forget_classes, bases=task.bases if project else None,
+                  moments=task.moments if project else None, rule=u["rule"],
+                  lr=lr or u["lr"], epochs=u["epochs"] if epochs is None else epochs,
+                  project=project, max_retain_samples=u.get("max_retain_samples"),
+                  relabel="random", seed=task.seed, backend=task.backend,
+                  progress=task.progress)
+    r = res.report
+    return MethodResult(res.model, {"stats": r.time_stats, "bases": r.time_bases,
+                                    "unlearn": r.time_unlearn}, {"epoch_loss": r.epoch_loss})
+
+
+@register("random_labels")
+def random_labels(task: Task, lr: float | None = None, epochs: int | None = None,
+                  batch_size: int | None = None) -> MethodResult:
+    """Fine-tune on D_f with random allowed labels, unprojected."""
+    return _random_relabel(task, False, lr, epochs, batch_size)
+
+
+@register("random_labels_proj")
+def random_labels_proj(task: Task, lr: float | None = None, epochs: int | None = None,
+                       batch_size: int | None = None) -> MethodResult:
+    """Random allowed labels inside the null space of D_r (ablation of UNSC's labels)."""
+    return _random_relabel(task, True, lr, epochs, batch_size)
+
+
+@register("finetune")
+def finetune(task: Task, lr: float = 0.01, epochs: int = 2, momentum: float = 0.9,
+             batch_size: int | None = None) -> MethodResult:
+    """Fine-tune every parameter on D_r only (SGD with momentum)."""
+    from .train import train
+    model = copy.deepcopy(task.model)
+    t = time.perf_counter()
+    train(model, task.retain_loader(batch_size or task.train["batch_size"], shuffle=True),
+          epochs=epochs, lr=lr, optimizer="sgd", momentum=momentum, progress=task.progress,
+          desc="finetune")
+    return MethodResult(model, {"unlearn": time.perf_counter() - t})
+
+
+def _df_loop(task: Task, model: nn.Module, params: list, epochs: int, lr: float,
+             momentum: float, batch_size: int | None, step: Callable, desc: str) -> float:
+    """SGD over D_f batches: ``step(x, y) -> loss`` computes the loss to minimise."""
+    device = _model_device(model)
+    opt = torch.optim.SGD(params, lr=lr, momentum=momentum)
+    data = task.forget_loader(batch_size)
+    t = time.perf_counter()
+    with _progress(range(epochs), task.progress and epochs > 1, desc) as bar:
+        for _ in bar:
+            for x, y in data:
+                loss = step(x.to(device), y.to(device))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if getattr(step, "mask", None) is not None:
+                    for p, m in zip(params, step.mask):
+                        if p.grad is not None:
+                            p.grad.mul_(m)
+                opt.step()
+    return time.perf_counter() - t
+
+
+def _forever(data):
+    while True:
+        yield from data
+
+
+def _finish(model: nn.Module) -> nn.Module:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
+@register("grad_ascent")
+def grad_ascent(task: Task, lr: float = 1e-3, epochs: int = 5, momentum: float = 0.0,
+                batch_size: int | None = None) -> MethodResult:
+    """Gradient ascent on the cross-entropy of D_f with its true labels."""
+    model = copy.deepcopy(task.model)
+    params = freeze_for_unlearning(model, None)
+    secs = _df_loop(task, model, params, epochs, lr, momentum, batch_size,
+                    lambda x, y: -F.cross_entropy(model(x), y), "grad ascent")
+    return MethodResult(_finish(model), {"unlearn": secs})
+
+
+@register("boundary_shrink")
+def boundary_shrink(task: Task, lr: float = 0.01, epochs: int = 5, eps: float = 0.1,
+                    momentum: float = 0.9, batch_size: int | None = None) -> MethodResult:
+    """Fine-tune D_f towards the labels of its FGSM neighbours (original model's view)."""
+    original = task.model
+    original.eval()
+    model = copy.deepcopy(original)
+    params = freeze_for_unlearning(model, None)
+
+    def step(x, y):
+        xa = x.clone().requires_grad_(True)
+        with torch.enable_grad():
+            g, = torch.autograd.grad(F.cross_entropy(original(xa), y), xa)
+        with torch.no_grad():
+            target = _allowed_labels(task, original(x + eps * g.sign()), y)
+        return F.cross_entropy(model(x), target)
+    secs = _df_loop(task, model, params, epochs, lr, momentum, batch_size, step,
+                    "boundary shrink")
+    return MethodResult(_finish(model), {"unlearn": secs})
+
+
+@register("salun")
+def salun(task: Task, lr: float = 0.01, epochs: int = 5, sparsity: float = 0.5,
+          retain_weight: float = 1.0, momentum: float = 0.9,
+          batch_size: int | None = None) -> MethodResult:
+    """Saliency-masked random labels on D_f, plus true-labelled D_r batches (SalUn, RL)."""
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"salun sparsity must lie in [0, 1), got {sparsity}")
+    device = _model_device(task.model)
+    model = copy.deepcopy(task.model)
+    params = freeze_for_unlearning(model, None)
+    t = time.perf_counter()
+    # Saliency: |gradient of the D_f loss| at θ_o, summed over D_f; keep the top share.
+    grads = [torch.zeros_like(p) for p in params]
+    for x, y in task.forget_loader(batch_size, shuffle=False):
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x.to(device)), y.to(device), reduction="sum").backward()
+        for g, p in zip(grads, params):
+            g += p.grad.abs()
+    flat = torch.cat([g.flatten() for g in grads])
+    k = int(round((1.0 - sparsity) * flat.numel()))
+    thr = flat.kthvalue(max(1, flat.numel() - k + 1)).values if k > 0 else flat.max() + 1
+    masks = [(g >= thr).to(g.dtype) for g in grads]
+    t_mask = time.perf_counter() - t
+
+    gen = torch.Generator().manual_seed(task.seed)
+    retain = _forever(task.retain_loader(batch_size, shuffle=True))
+    k_classes = task.split.num_classes
+
+    def step(x, y):
+        loss = F.cross_entropy(model(x), _random_labels(task, y.cpu(), k_classes, gen).to(device))
+        if retain_weight > 0:
+            xr, yr = next(retain)
+            loss = loss + retain_weight * F.cross_entropy(model(xr.to(device)), yr.to(device))
+        return loss
+    step.mask = masks
+    secs = _df_loop(task, model, params, epochs, lr, momentum, batch_size, step, "salun")
+    kept = float(sum(m.sum() for m in masks) / flat.numel())
+    return MethodResult(_finish(model), {"mask": t_mask, "unlearn": secs},
+                        {"mask_share": kept})

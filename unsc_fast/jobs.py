@@ -1,0 +1,411 @@
+"""The jobs behind the command line: train, stats, unlearn, evaluate, compare.
+
+Each job takes a resolved :class:`~unsc_fast.config.Config` and paths, checks every input and
+output path before any work, and writes its outputs atomically at the end, so a failure
+leaves no partial file behind. Results are printed to stdout; progress bars go to stderr.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import checkpoint as ck
+from .baselines import METHODS, Task, run_method
+from .config import Config, ConfigError
+from .data import DataSplit, class_split, load_dataset, loader
+from .io import atomic_save
+from .metrics import evaluate
+from .models import build_model
+from .report import build_report, markdown, render
+from .scenarios import Scenario, ScenarioSplit
+from .train import train
+
+
+class JobError(ValueError):
+    """A request that cannot be carried out (bad combination of inputs)."""
+
+
+# -- checks before any work ------------------------------------------------------------------
+
+def check_output_file(path: str | os.PathLike, kind: str) -> Path:
+    """An output path: its directory exists, it is not a directory, its extension fits."""
+    p = Path(path)
+    if p.is_dir():
+        raise JobError(f"output {str(p)!r} is a directory; give a file name")
+    if not p.parent.is_dir():
+        raise FileNotFoundError(f"output directory {str(p.parent)!r} does not exist")
+    if not os.access(p.parent, os.W_OK):
+        raise PermissionError(f"output directory {str(p.parent)!r} is not writable")
+    if kind in ("checkpoint", "stats", "bases"):
+        ck.file_format(p)
+    elif kind == "json" and p.suffix != ".json":
+        raise JobError(f"report {str(p)!r} must end in .json")
+    return p
+
+
+def check_output_dir(path: str | os.PathLike) -> Path:
+    """An output directory: an existing directory, or one that can be created (later)."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise JobError(f"output {str(p)!r} exists and is not a directory")
+    anc = p
+    while not anc.exists():
+        anc = anc.parent
+    if not anc.is_dir() or not os.access(anc, os.W_OK):
+        raise PermissionError(f"cannot create output directory {str(p)!r} under {str(anc)!r}")
+    return p
+
+
+def _device(cfg: Config) -> torch.device:
+    try:
+        dev = torch.device(cfg["device"])
+    except RuntimeError as exc:
+        raise ConfigError(f"bad device {cfg['device']!r}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but no CUDA device is available")
+    return dev
+
+
+def _progress(cfg: Config) -> bool:
+    return not cfg["quiet"]
+
+
+def _say(cfg: Config, msg: str) -> None:
+    print(msg, file=sys.stdout, flush=True)
+
+
+def load_data(cfg: Config) -> DataSplit:
+    return load_dataset(cfg["dataset"], seed=cfg["data_seed"], root=cfg["data_root"])
+
+
+def scenario_split(cfg: Config, data: DataSplit) -> ScenarioSplit:
+    return Scenario.from_dict(cfg["scenario"]).split(data, seed=cfg["data_seed"])
+
+
+def adopt_checkpoint(cfg: Config, meta: dict, path) -> None:
+    """Take dataset/model/width/data_seed from a checkpoint unless set; conflicts are errors."""
+    for key in ("dataset", "model", "width", "data_seed"):
+        if key not in meta:
+            continue
+        if cfg.is_set(key) and cfg[key] != meta[key]:
+            raise ck.CheckpointError(
+                f"checkpoint {str(path)!r} holds a {meta['model']!r} trained with"
+                f" {key}={meta[key]!r}, but the config asks for {key}={cfg[key]!r}")
+        cfg.set(key, meta[key], explicit=False)
+    if "scenario" in meta and not any(k.startswith("scenario.") for k in cfg.explicit):
+        cfg.data["scenario"].update(meta["scenario"])
+
+
+def _check_fits(data: DataSplit, meta: dict, path) -> None:
+    if list(data.input_shape) != list(meta["input_shape"]) or \
+            data.num_classes != meta["num_classes"]:
+        raise ck.CheckpointError(
+            f"checkpoint {str(path)!r} expects inputs {tuple(meta['input_shape'])} and"
+            f" {meta['num_classes']} classes; dataset {data.name!r} has"
+            f" {tuple(data.input_shape)} and {data.num_classes}")
+
+
+def _load_model(cfg: Config, path, data: DataSplit | None = None):
+    model, meta = ck.load_checkpoint(path, device=str(_device(cfg)))
+    adopt_checkpoint(cfg, meta, path)
+    data = data or load_data(cfg)
+    _check_fits(data, meta, path)
+    return model, meta, data
+
+
+def _model_info(cfg: Config, model) -> dict:
+    return {"name": cfg["model"], "width": float(cfg["width"]),
+            "parameters": int(sum(p.numel() for p in model.parameters()))}
+
+
+def _dataset_info(data: DataSplit) -> dict:
+    return {"name": data.name, "num_classes": data.num_classes,
+            "input_shape": list(data.input_shape), "n_train": len(data.train),
+            "n_test": len(data.test)}
+
+
+def _scenario_key(cfg: Config) -> dict:
+    return {"dataset": cfg["dataset"], "data_seed": cfg["data_seed"],
+            "scenario": Scenario.from_dict(cfg["scenario"]).as_dict()}
+
+
+def _task(cfg: Config, model, split: ScenarioSplit, seed: int, **kw) -> Task:
+    return Task(model=model, split=split, model_name=cfg["model"], width=cfg["width"],
+                input_shape=tuple(cfg_input_shape(split)), train=dict(cfg["train"]),
+                unlearn=dict(cfg["unlearn"]), seed=seed, progress=_progress(cfg),
+                backend=cfg["backend"], **kw)
+
+
+def cfg_input_shape(split: ScenarioSplit) -> tuple[int, ...]:
+    x = split.retain[0][0]
+    return tuple(x.shape)
+
+
+def _run_record(method: str, seed: int, metrics: dict, times: dict, info: dict) -> dict:
+    return {"method": method, "seed": seed, "metrics": metrics,
+            "times": {k: float(v) for k, v in times.items()}, "info": info}
+
+
+def _eval(cfg: Config, model, split: ScenarioSplit, data: DataSplit, seed: int) -> dict:
+    return evaluate(model, split, data.test, batch_size=cfg["evaluate.batch_size"], seed=seed,
+                    mia_feature=cfg["evaluate.mia_feature"], mia=cfg["evaluate.mia"])
+
+
+def _train_original(cfg: Config, data: DataSplit, dataset, seed: int, desc="training"):
+    tr = cfg["train"]
+    torch.manual_seed(seed)
+    model = build_model(cfg["model"], data.input_shape, data.num_classes, cfg["width"])
+    model.to(_device(cfg))
+    t = time.perf_counter()
+    train(model, loader(dataset, tr["batch_size"], True, seed), epochs=tr["epochs"],
+          lr=tr["lr"], weight_decay=tr["weight_decay"], optimizer=tr["optimizer"],
+          momentum=tr["momentum"], progress=_progress(cfg), desc=desc)
+    return model, time.perf_counter() - t
+
+
+# -- train -----------------------------------------------------------------------------------
+
+def train_job(cfg: Config, out, exclude_classes: list[int] | None = None) -> dict:
+    """Train the original model (or, with ``exclude_classes``, the retrain baseline)."""
+    out = check_output_file(out, "checkpoint")
+    _device(cfg)
+    data = load_data(cfg)
+    # Build once to check the model name and input size before loading anything else.
+    build_model(cfg["model"], data.input_shape, data.num_classes, cfg["width"])
+    exclude = sorted(set(exclude_classes or []))
+    bad = [c for c in exclude if not 0 <= c < data.num_classes]
+    if bad:
+        raise JobError(f"unknown class {bad} in --exclude-classes: dataset {data.name!r}"
+                       f" has classes 0..{data.num_classes - 1}")
+    if len(exclude) >= data.num_classes:
+        raise JobError("--exclude-classes leaves no class to train on")
+    dataset = class_split(data.train, exclude)[0] if exclude else data.train
+    model, secs = _train_original(cfg, data, dataset, cfg["seed"],
+                                  "retrain" if exclude else "training")
+    meta = ck.model_meta(cfg["model"], cfg["width"], data.input_shape, data.num_classes,
+                         data.name, seed=cfg["seed"], data_seed=cfg["data_seed"],
+                         exclude_classes=exclude, method="retrain" if exclude else "original",
+                         train=dict(cfg["train"]), train_seconds=secs)
+    if exclude:
+        meta["scenario"] = {"kind": "class" if len(exclude) == 1 else "classes",
+                            "classes": exclude}
+    ck.save_checkpoint(out, model, meta)
+    from .metrics import class_accuracies
+    acc = class_accuracies(model, loader(data.test, cfg["evaluate.batch_size"]),
+                           exclude or [], data.num_classes)
+    what = f" (classes {exclude} left out)" if exclude else ""
+    _say(cfg, f"trained {cfg['model']} on {data.name}{what} in {secs:.1f} s; test accuracy"
+              f" (mean per class) {100 * acc['acc_r']:.2f}%"
+              + (f", on the left-out classes {100 * acc['acc_f']:.2f}%" if exclude else "")
+              + f"; saved {out}")
+    return {"checkpoint": str(out), "seconds": secs}
+
+
+# -- stats -----------------------------------------------------------------------------------
+
+def stats_job(cfg: Config, checkpoint, out, bases_out=None) -> dict:
+    """Second moments of every layer's inputs over D_r, saved (and optionally the bases)."""
+    from .bases import NullSpace
+    from .stats import SecondMoments
+    out = check_output_file(out, "stats")
+    if bases_out is not None:
+        bases_out = check_output_file(bases_out, "bases")
+    model, meta, data = _load_model(cfg, checkpoint)
+    split = scenario_split(cfg, data)
+    t = time.perf_counter()
+    moments = SecondMoments(model, include_bias=cfg["unlearn.include_bias"],
+                            backend=cfg["backend"])
+    moments.collect(loader(split.retain, 256), max_samples=cfg["unlearn.max_retain_samples"],
+                    progress=_progress(cfg))
+    secs = time.perf_counter() - t
+    job = {"checkpoint": meta.get("fingerprint"), **_scenario_key(cfg)}
+    bases = None
+    if bases_out is not None:
+        bases = NullSpace.from_moments(moments, cfg["unlearn.rule"])
+    ck.save_moments(out, moments, {**job, "seconds": secs})
+    if bases is not None:
+        ck.save_bases(bases_out, bases, {**job, "rule": cfg["unlearn.rule"]})
+    _say(cfg, f"second moments of {len(moments.moments)} layers over {len(split.retain)}"
+              f" retained samples in {secs:.1f} s; saved {out}"
+              + (f" and bases ({cfg['unlearn.rule']}) {bases_out}" if bases is not None else ""))
+    return {"stats": str(out), "bases": None if bases_out is None else str(bases_out)}
+
+
+def _check_job(kind: str, path, job: dict, cfg: Config, fingerprint: str | None) -> None:
+    if job.get("checkpoint") not in (None, fingerprint):
+        raise ck.CheckpointError(f"{kind} {str(path)!r} was computed from another checkpoint"
+                                 " (fingerprints differ); recompute it for this model")
+    want = _scenario_key(cfg)
+    for key in ("dataset", "data_seed", "scenario"):
+        if key in job and job[key] != want[key]:
+            raise ck.CheckpointError(
+                f"{kind} {str(path)!r} was computed for {key}={job[key]!r}, but this job"
+                f" uses {key}={want[key]!r} (a different D_r)")
+
+
+# -- unlearn ---------------------------------------------------------------------------------
+
+def unlearn_job(cfg: Config, checkpoint, out, *, stats=None, bases=None, method: str = "unsc",
+                report=None, bases_out=None) -> dict:
+    """Unlearn the scenario's D_f from a checkpoint with ``method``; save the new model."""
+    if method not in METHODS or method == "original":
+        raise JobError(f"unknown unlearning method {method!r}; choose one of"
+                       f" {sorted(set(METHODS) - {'original'})}")
+    if stats is not None and bases is not None:
+        raise JobError("give --stats or --bases, not both")
+    out = check_output_file(out, "checkpoint")
+    if report is not None:
+        report = check_output_file(report, "json")
+    if bases_out is not None:
+        bases_out = check_output_file(bases_out, "bases")
+        if method not in ("unsc", "random_labels_proj"):
+            raise JobError(f"--bases-out: method {method!r} computes no bases")
+    model, meta, data = _load_model(cfg, checkpoint)
+    split = scenario_split(cfg, data)
+    moments = null_space = None
+    if stats is not None:
+        moments, job = ck.load_moments(stats, model, backend=cfg["backend"])
+        _check_job("statistics file", stats, job, cfg, meta.get("fingerprint"))
+    if bases is not None:
+        null_space, job = ck.load_bases(bases, model)
+        _check_job("bases file", bases, job, cfg, meta.get("fingerprint"))
+    seed = cfg["seed"]
+    task = _task(cfg, model, split, seed, moments=moments, bases=null_space)
+    hp = dict(cfg["methods"].get(method, {}))
+    import inspect
+    accepted = inspect.signature(METHODS[method]).parameters
+    for key in ("lr", "epochs", "batch_size"):     # explicit --lr etc. reach any method
+        if cfg.is_set(f"unlearn.{key}") and key in accepted and key not in hp:
+            hp[key] = cfg[f"unlearn.{key}"]
+    res = run_method(method, task, **hp)
+    new_meta = {k: v for k, v in meta.items() if k not in ("fingerprint",)}
+    new_meta.update(method=method, source=meta.get("fingerprint"),
+                    scenario=Scenario.from_dict(cfg["scenario"]).as_dict(),
+                    unlearn_seconds=res.times["total"], seed=seed)
+    outputs = {}
+    if report is not None:
+        runs = [_run_record("original", seed, _eval(cfg, model, split, data, seed),
+                            {"total": meta.get("train_seconds") or 0.0}, {}),
+                _run_record(method, seed, _eval(cfg, res.model, split, data, seed),
+                            res.times, res.info)]
+        rep = build_report(command="unlearn", config=cfg.as_dict(),
+                           dataset=_dataset_info(data), model=_model_info(cfg, model),
+                           scenario=split.info(), runs=runs)
+        outputs["report"] = rep
+    ck.save_checkpoint(out, res.model, new_meta)
+    if bases_out is not None:
+        ck.save_bases(bases_out, res.bases, {"checkpoint": meta.get("fingerprint"),
+                                             **_scenario_key(cfg), "rule": cfg["unlearn.rule"]})
+    if report is not None:
+        from .report import to_json
+        atomic_save(report, lambda f: f.write(to_json(outputs["report"])))
+        _say(cfg, markdown(outputs["report"]))
+    _say(cfg, f"{method}: forgot {split.scenario.describe()} ({len(split.forget)} samples) in"
+              f" {res.times['total']:.1f} s; saved {out}")
+    return {"checkpoint": str(out), "times": res.times, **outputs}
+
+
+# -- evaluate --------------------------------------------------------------------------------
+
+def evaluate_job(cfg: Config, checkpoints: list, out=None) -> dict:
+    """Metrics of one or more checkpoints on the scenario; a table on stdout, JSON to ``out``."""
+    if not checkpoints:
+        raise JobError("evaluate needs at least one checkpoint")
+    if out is not None:
+        out = check_output_file(out, "json")
+    for p in checkpoints:                      # every path checked before any work
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"checkpoint {str(p)!r} not found")
+    loaded, data = [], None
+    for p in checkpoints:
+        model, meta, data = _load_model(cfg, p, data)
+        loaded.append((p, model, meta))
+    split = scenario_split(cfg, data)
+    seed = cfg["seed"]
+    runs, names = [], []
+    for p, model, meta in loaded:
+        name = meta.get("method", "model")
+        if name in names:
+            name = f"{name}:{Path(p).stem}"
+        names.append(name)
+        secs = meta.get("unlearn_seconds", meta.get("train_seconds")) or 0.0
+        runs.append(_run_record(name, seed, _eval(cfg, model, split, data, seed),
+                                {"total": secs}, {"checkpoint": str(p)}))
+    rep = build_report(command="evaluate", config=cfg.as_dict(), dataset=_dataset_info(data),
+                       model=_model_info(cfg, loaded[0][1]), scenario=split.info(), runs=runs,
+                       methods=names)
+    if out is not None:
+        from .report import to_json
+        atomic_save(out, lambda f: f.write(to_json(rep)))
+    _say(cfg, markdown(rep))
+    return rep
+
+
+# -- compare ---------------------------------------------------------------------------------
+
+def compare_job(cfg: Config, out_dir, figures: bool = True) -> dict:
+    """Original vs retrain vs UNSC vs baselines, over seeds; one report, table and figures."""
+    from .stats import SecondMoments
+    out_dir = check_output_dir(out_dir)
+    _device(cfg)
+    methods = list(dict.fromkeys(cfg["compare.methods"]))
+    if "original" not in methods:
+        methods.insert(0, "original")
+    for m in methods:                          # hyperparameter names checked up front
+        import inspect
+        accepted = set(inspect.signature(METHODS[m]).parameters) - {"task"}
+        unknown = set(cfg["methods"].get(m, {})) - accepted
+        if unknown:
+            raise ConfigError(f"[methods.{m}]: unknown hyperparameter(s) {sorted(unknown)};"
+                              f" {m} takes {sorted(accepted)}")
+    if figures:
+        import matplotlib  # noqa: F401  (fail before the work, not after)
+    data = load_data(cfg)
+    build_model(cfg["model"], data.input_shape, data.num_classes, cfg["width"])
+    split = scenario_split(cfg, data)
+    seeds = cfg["compare.seeds"]
+    runs = []
+    t0 = time.perf_counter()
+    for seed in seeds:
+        original, t_train = _train_original(cfg, data, data.train, seed)
+        moments, t_stats = None, 0.0
+        if {"unsc", "random_labels_proj"} & set(methods):
+            t = time.perf_counter()
+            moments = SecondMoments(original, include_bias=cfg["unlearn.include_bias"],
+                                    backend=cfg["backend"])
+            moments.collect(loader(split.retain, 256),
+                            max_samples=cfg["unlearn.max_retain_samples"],
+                            progress=_progress(cfg))
+            t_stats = time.perf_counter() - t
+        task = _task(cfg, original, split, seed, moments=moments)
+        for m in methods:
+            res = run_method(m, task, **cfg["methods"].get(m, {}))
+            times = dict(res.times)
+            if m == "original":
+                times = {"train": t_train, "total": t_train}
+            elif m in ("unsc", "random_labels_proj"):
+                times["stats"] = t_stats
+                times["total"] += t_stats
+            metrics = _eval(cfg, res.model, split, data, seed)
+            runs.append(_run_record(m, seed, metrics, times, res.info))
+            if not cfg["quiet"]:
+                print(f"seed {seed} {m}: Acc_r {metrics['acc_r']:.2f}  Acc_f "
+                      f"{metrics['acc_f'] if metrics['acc_f'] is None else round(metrics['acc_f'], 2)}"
+                      f"  ({times['total']:.1f} s)", file=sys.stderr, flush=True)
+    wall = time.perf_counter() - t0
+    rep = build_report(command="compare", config=cfg.as_dict(), dataset=_dataset_info(data),
+                       model=_model_info(cfg, build_model(cfg["model"], data.input_shape,
+                                                          data.num_classes, cfg["width"])),
+                       scenario=split.info(), runs=runs, methods=methods)
+    rep["wall_seconds"] = wall
+    files = render(rep, figures=figures)     # everything rendered before anything is written
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, blob in files.items():
+        atomic_save(out_dir / name, lambda f, b=blob: f.write(b))
+    _say(cfg, markdown(rep))
+    _say(cfg, f"wrote {', '.join(files)} to {out_dir} ({wall:.0f} s)")
+    return rep
