@@ -107,6 +107,27 @@ def test_accumulate_row_splits(n, d, split):
     assert _upper_err(S, 2 * X.double().mT @ X.double()) <= REL_TOL[torch.float32]
 
 
+def test_tf32_follows_torch_setting():
+    """fp32 operands use TF32 exactly when torch.matmul would; results stay within TF32 tol."""
+    old = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")
+        assert tacc.allow_tf32() and tacc.dot_precision(tacc.TO_FP32, True) == "tf32"
+        X = rand(70, 40, device=DEVICE, gen=_gen(9))
+        S = torch.zeros(40, 40, device=DEVICE)
+        ops.accumulate_(S, X, backend="triton")
+        assert _upper_err(S, X.double().mT @ X.double()) <= REL_TOL_TF32
+        G = rand(10, 40, device=DEVICE, gen=_gen(10))
+        B = orthonormal(40, 7, dtype=torch.float32, device=DEVICE, gen=_gen(11))
+        G0 = G.clone()
+        ops.project_([G], [B], [True], backend="triton")
+        assert _proj_err(G, ref.project(G0.double(), B.double(), True), G0) <= REL_TOL_TF32
+    finally:
+        torch.set_float32_matmul_precision(old)
+    assert tacc.dot_precision(tacc.TO_FP32, False) == "ieee"
+    assert tacc.dot_precision(tacc.KEEP, False) == "tf32"  # Triton's default for 16-bit
+
+
 def test_accumulate_leaves_other_memory_alone():
     """A (d, d) S inside a larger buffer: nothing outside it is written."""
     X = rand(40, 20, device=DEVICE, gen=_gen(3))

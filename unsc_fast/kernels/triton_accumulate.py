@@ -89,8 +89,10 @@ def _compute_mode(s_dtype: torch.dtype, x_dtype: torch.dtype) -> int:
     return KEEP  # fp16/bf16 tensor-core products, fp32 accumulation
 
 
-def _dot_precision(allow_tf32: bool) -> str:
-    return "tf32" if allow_tf32 else "ieee"
+def dot_precision(compute: int, allow_tf32: bool) -> str:
+    """``input_precision`` of tl.dot: "ieee" for fp32 operands unless TF32 is allowed; other
+    operand types get Triton's default ("tf32", which only affects fp32 operands)."""
+    return "ieee" if compute == TO_FP32 and not allow_tf32 else "tf32"
 
 
 def allow_tf32() -> bool:
@@ -251,6 +253,7 @@ def syrk_(S: Tensor, X: Tensor, split: int, allow_tf32: bool) -> None:
     if n == 0 or d == 0:
         return
     sms = _sm_count(S.device)
+    compute = _compute_mode(S.dtype, X.dtype)
 
     def grid(meta):
         tiles = _upper_tiles(d, meta["BLOCK_D"])
@@ -258,7 +261,7 @@ def syrk_(S: Tensor, X: Tensor, split: int, allow_tf32: bool) -> None:
 
     wrap_triton(syrk_dense_kernel)[grid](
         S, X, n, d, X.stride(0), X.stride(1), triton.next_power_of_2(n),
-        COMPUTE=_compute_mode(S.dtype, X.dtype), DOT_PRECISION=_dot_precision(allow_tf32))
+        COMPUTE=compute, DOT_PRECISION=dot_precision(compute, allow_tf32))
 
 
 @triton_op("unsc_fast_triton::syrk_conv_", mutates_args={"S"})
@@ -279,6 +282,7 @@ def syrk_conv_(S: Tensor, x: Tensor, kernel_size: list[int], stride: list[int],
     if OH <= 0 or OW <= 0 or M == 0 or d == 0:
         return
     sms = _sm_count(S.device)
+    compute = _compute_mode(S.dtype, x.dtype)
 
     def grid(meta):
         tiles = _upper_tiles(d, meta["BLOCK_D"])
@@ -287,4 +291,4 @@ def syrk_conv_(S: Tensor, x: Tensor, kernel_size: list[int], stride: list[int],
     wrap_triton(syrk_conv_kernel)[grid](
         S, x, M, d, Cg, H, W, OH * OW, OW, x.stride(0), x.stride(1), x.stride(2), x.stride(3),
         kh * kw, kw, sh, sw, ph, pw, dh, dw, triton.next_power_of_2(M),
-        COMPUTE=_compute_mode(S.dtype, x.dtype), DOT_PRECISION=_dot_precision(allow_tf32))
+        COMPUTE=compute, DOT_PRECISION=dot_precision(compute, allow_tf32))

@@ -33,7 +33,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .triton_accumulate import INTERPRET, KEEP, TO_FP32, TO_FP64, _convert, allow_tf32
+from .triton_accumulate import (
+    INTERPRET, KEEP, TO_FP32, TO_FP64, _convert, allow_tf32, dot_precision,
+)
 
 NF = 12  # int64 fields per layer in the table
 (F_G, F_B, F_ROWS, F_D, F_M, F_SGR, F_SGC, F_SBR, F_SBC, F_SUB, F_WS, _F_PAD) = range(NF)
@@ -249,9 +251,10 @@ def _launch(grads, bases, subtract, cfg: ProjectConfig, tf32: bool) -> None:
     else:
         programs = 3  # interpreter: a few programs, so each walks several items
     grid = (max(1, min(n_work, programs)),)
+    compute = _compute_mode(G0.dtype)
     project_kernel[grid](
         tab, tab[n_layers * NF:], n_work, ws, G0,
-        NF=NF, COMPUTE=_compute_mode(G0.dtype), DOT_PRECISION="tf32" if tf32 else "ieee",
+        NF=NF, COMPUTE=compute, DOT_PRECISION=dot_precision(compute, tf32),
         BLOCK_M=cfg.BLOCK_M, BLOCK_D=cfg.BLOCK_D, BLOCK_R=cfg.BLOCK_R,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
