@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <utility>
 #include <vector>
@@ -23,7 +24,10 @@ namespace {
 
 constexpr int64_t kTile = 256;               // S is updated in kTile x kTile blocks
 constexpr int64_t kChunkElems = 1 << 20;     // patch buffer budget per thread (elements)
-constexpr int64_t kProjTileElems = 1 << 16;  // rows x d elements of one projection work item
+constexpr int64_t kProjTempElems = 1 << 20;  // cap of a projection tile's T (rows x m) and
+                                             // of its fp32 staging copy (rows x d)
+constexpr int64_t kProjMinRows = 32;         // rows of a projection tile, unless fewer exist
+constexpr int64_t kItemsPerThread = 4;       // projection work items per thread (balance)
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -79,11 +83,12 @@ void syrk_upper(const at::Tensor& S, const at::Tensor& At, bool parallel) {
   }
 }
 
-// Rows per chunk of a Gram update with n rows of dimension d: big enough for efficient BLAS,
-// small enough that the buffer stays a small fraction of the whole patch matrix.
-int64_t chunk_rows(int64_t d, int64_t n) {
+// Rows per chunk of a Gram update with n rows of dimension d (per group; `groups` of them):
+// big enough for efficient BLAS, small enough that the buffer stays a small fraction (1/16)
+// of the whole patch matrix the reference would materialise.
+int64_t chunk_rows(int64_t d, int64_t n, int64_t groups = 1) {
   int64_t p = std::clamp<int64_t>(kChunkElems / std::max<int64_t>(d, 1), 256, 4096);
-  p = std::min(p, std::max<int64_t>(32, ceil_div(n, 8)));
+  p = std::min(p, std::max<int64_t>(32, ceil_div(n * groups, 16)));
   return std::max<int64_t>(1, std::min(p, n));
 }
 
@@ -167,7 +172,7 @@ void im2col_chunk(const in_t* x, const ConvGeom& g, int64_t group, const RowInde
 template <typename in_t, typename acc_t>
 void accumulate_conv_impl(const at::Tensor& S, const at::Tensor& x, const ConvGeom& g) {
   const int64_t n = g.rows(), d = g.d;
-  const int64_t p = chunk_rows(d, n);
+  const int64_t p = chunk_rows(d, n, g.groups);
   const in_t* xp = x.const_data_ptr<in_t>();
   auto one_group = [&](int64_t group, at::Tensor& buf, RowIndex& ri, bool parallel) {
     at::Tensor Sg = S.select(0, group);
@@ -220,32 +225,52 @@ void project_cpu(at::TensorList grads, at::TensorList bases, const c10::List<boo
   if (L == 0) return;
   TORCH_CHECK(grads[0].device().is_cpu(), "unsc_fast::project_ (CPU): tensors must be on the CPU");
 
-  struct Item { int64_t layer, r0, rows, cost; };
-  std::vector<Item> items;
   std::vector<at::Tensor> B(L);    // basis in the compute dtype, contiguous
-  std::vector<char> direct(L, 0);  // G is BLAS-ready in the compute dtype: no copy
-  std::vector<int64_t> zero;       // layers with m = 0 that are projected onto span(B) = {0}
-  int64_t max_tile = 0;
+  std::vector<char> direct(L, 0);  // G is BLAS-ready in the compute dtype: no staging copy
+  std::vector<int64_t> zero;       // layers with m = 0 projected onto span(B) = {0}
+  std::vector<int64_t> active;     // layers with work
+  double total_cost = 0;
   for (int64_t i = 0; i < L; ++i) {
     const at::Tensor& G = grads[i];
     const int64_t rows = G.size(0), d = G.size(1), m = bases[i].size(1);
-    const bool sub = subtract.get(i);
     if (rows == 0 || d == 0) continue;
     if (m == 0) {
-      if (!sub) zero.push_back(i);
+      if (!subtract.get(i)) zero.push_back(i);
       continue;
     }
     const auto acc = G.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
     B[i] = bases[i].to(acc).contiguous();
     direct[i] = G.scalar_type() == acc && G.stride(1) == 1 && G.stride(0) >= d;
-    const int64_t rt = std::min(rows, std::clamp<int64_t>(kProjTileElems / d, 8, 512));
-    if (!direct[i]) max_tile = std::max(max_tile, rt * d);
+    active.push_back(i);
+    total_cost += static_cast<double>(rows) * d * m;
+  }
+
+  // Work items (layer, row tile). Each layer is cut into about as many tiles as its share of
+  // the FLOPs asks for (kItemsPerThread per thread in all, for balance), tiles of at least
+  // kProjMinRows rows (BLAS efficiency: B is re-read once per tile), and T (rows x m) and the
+  // fp32 staging copy (rows x d) capped at kProjTempElems elements.
+  struct Item { int64_t layer, r0, rows; double cost; };
+  std::vector<Item> items;
+  const int64_t nt = at::in_parallel_region() ? 1 : at::get_num_threads();
+  const double per_item = total_cost / static_cast<double>(std::max<int64_t>(1, nt * kItemsPerThread));
+  int64_t max_stage = 0;
+  for (int64_t i : active) {
+    const int64_t rows = grads[i].size(0), d = grads[i].size(1), m = B[i].size(1);
+    const double cost = static_cast<double>(rows) * d * m;
+    int64_t pieces = nt > 1 ? static_cast<int64_t>(std::ceil(cost / per_item)) : 1;
+    pieces = std::clamp<int64_t>(pieces, 1, ceil_div(rows, kProjMinRows));
+    int64_t rt = ceil_div(rows, pieces);
+    int64_t cap = kProjTempElems / std::max<int64_t>(m, 1);
+    if (!direct[i]) cap = std::min(cap, kProjTempElems / d);
+    rt = std::min(rt, std::max<int64_t>(cap, std::min<int64_t>(rows, kProjMinRows)));
+    rt = ceil_div(rows, ceil_div(rows, rt));  // even tiles
+    if (!direct[i]) max_stage = std::max(max_stage, rt * d);
     for (int64_t r0 = 0; r0 < rows; r0 += rt) {
       const int64_t nr = std::min(rt, rows - r0);
-      items.push_back({i, r0, nr, nr * d * m});
+      items.push_back({i, r0, nr, static_cast<double>(nr) * d * m});
     }
   }
-  // All checks passed and bases prepared: now write.
+  // All checks passed and the bases are prepared: from here on, write.
   for (int64_t i : zero) grads[i].zero_();
   std::stable_sort(items.begin(), items.end(),
                    [](const Item& a, const Item& b) { return a.cost > b.cost; });
@@ -262,11 +287,11 @@ void project_cpu(at::TensorList grads, at::TensorList bases, const c10::List<boo
       W = Gt;
     } else {
       at::Tensor& stage = Bi.scalar_type() == at::kDouble ? ctx.f64 : ctx.f32;
-      if (!stage.defined()) stage = at::empty({max_tile}, Bi.options());
+      if (!stage.defined()) stage = at::empty({max_stage}, Bi.options());
       W = stage.narrow(0, 0, it.rows * d).view({it.rows, d});
       W.copy_(Gt);
     }
-    at::Tensor T = at::mm(W, Bi);  // (rows, m): a small per-tile temporary
+    at::Tensor T = at::mm(W, Bi);  // (rows, m), at most kProjTempElems elements
     if (subtract.get(it.layer)) {
       W.addmm_(T, Bi.t(), /*beta=*/1, /*alpha=*/-1);
     } else {
