@@ -269,6 +269,7 @@ def test_project_autotune_uses_scratch(monkeypatch):
              tproj.ProjectConfig(32, 16, 32, 4, 1)]
     monkeypatch.setattr(tproj, "candidates_for", lambda dtype, major: cands)
     monkeypatch.setattr(tproj, "_TUNED", {})
+    monkeypatch.setattr(tproj, "AUTOTUNE", True)
     times = iter([3.0, 1.0, 2.0])
     seen = []
 
@@ -322,6 +323,55 @@ def test_registered_devices():
     assert hasattr(torch.ops.unsc_fast_triton, "syrk_")
     assert hasattr(torch.ops.unsc_fast_triton, "syrk_conv_")
     assert hasattr(torch.ops.unsc_fast_triton, "project_")
+
+
+_TRACE_SCRIPT = """
+import torch
+from torch._dynamo.backends.common import aot_autograd
+from unsc_fast.kernels import triton_accumulate, triton_project
+graphs = []
+
+def fw(gm, inputs):
+    graphs.append(gm.code)
+    def run(*args):
+        raise SystemExit(0)  # no GPU: stop before anything launches
+    return run
+
+@torch.compile(backend=aot_autograd(fw_compiler=fw), fullgraph=True)
+def step(S, X, x, S2, G, B):
+    torch.ops.unsc_fast_triton.syrk_(S, X, 0, False)
+    torch.ops.unsc_fast_triton.syrk_conv_(S2, x, [3, 3], [1, 1], [1, 1], [1, 1], 2, 0, False)
+    torch.ops.unsc_fast_triton.project_([G], [B], [True])
+    return S.sum()
+
+try:
+    step(torch.zeros(20, 20), torch.randn(50, 20), torch.randn(2, 4, 6, 6),
+         torch.zeros(2, 18, 18), torch.randn(5, 20), torch.randn(20, 3))
+except SystemExit:
+    pass
+print(graphs[0])
+"""
+
+
+@interpreter_only
+def test_compile_traces_the_kernels():
+    """torch.compile(fullgraph=True) sees the accumulate kernels themselves (triton_op) and
+    keeps project_ as one op. Traced in a fresh process without the interpreter (the
+    interpreter's kernels cannot be traced); the compiled graph is never run (no GPU)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, "-c", _TRACE_SCRIPT], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    graph = out.stdout
+    assert graph.count("triton_kernel_wrapper_functional(") == 2, graph
+    assert "'S_ptr'" in graph and "'x_ptr'" in graph and "'X_ptr'" in graph
+    assert "unsc_fast_triton.project_" in graph
 
 
 # --------------------------------------------------------------------------- GPU, full size

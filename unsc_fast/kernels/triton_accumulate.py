@@ -26,6 +26,8 @@ from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+# UNSC_FAST_TRITON_AUTOTUNE=0: no measuring, the first candidate tiling of each kernel is used.
+AUTOTUNE = os.environ.get("UNSC_FAST_TRITON_AUTOTUNE", "1") != "0"
 
 # How the loaded tiles are converted before tl.dot: keep the input dtype, or cast.
 KEEP, TO_FP32, TO_FP64 = 0, 1, 2
@@ -39,16 +41,17 @@ def configs_for(major: int | None) -> list[triton.Config]:
 
     Hopper (9.x) has 228 KB of shared memory per SM and gets large tiles and deeper pipelines;
     Ampere/Ada (8.x, 100-164 KB) smaller ones. Autotuning picks among them per (d, n bucket,
-    dtypes). The interpreter runs one program at a time in numpy: one small config.
+    dtypes), skipping those that do not fit (Triton reports OutOfResources for them). The interpreter runs one program at a time in numpy: one small config.
     """
     if major is None:
         return [triton.Config({"BLOCK_D": 32, "BLOCK_K": 32}, num_warps=4, num_stages=1)]
+    # (BLOCK_D, BLOCK_K, num_warps, num_stages); the last one fits any GPU (fp64 included).
     if major >= 9:
         shapes = [(128, 64, 8, 3), (128, 32, 8, 4), (64, 64, 4, 4), (64, 32, 4, 5),
-                  (128, 128, 8, 2), (32, 64, 4, 4)]
+                  (128, 128, 8, 2), (32, 64, 4, 4), (32, 32, 4, 2)]
     elif major == 8:
         shapes = [(128, 32, 8, 3), (128, 64, 8, 2), (64, 64, 4, 3), (64, 32, 4, 4),
-                  (32, 64, 4, 4)]
+                  (32, 64, 4, 4), (32, 32, 4, 2)]
     else:
         shapes = [(64, 32, 4, 2), (32, 32, 4, 2)]
     return [triton.Config({"BLOCK_D": bd, "BLOCK_K": bk}, num_warps=w, num_stages=s)
@@ -62,6 +65,8 @@ def _arch() -> int | None:
 
 
 CONFIGS = configs_for(_arch())
+if not AUTOTUNE:
+    CONFIGS = CONFIGS[:1]
 
 
 def _sm_count(device: torch.device) -> int:

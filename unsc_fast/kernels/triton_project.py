@@ -24,7 +24,6 @@ pointers cannot be built from the fake tensors compile traces with, so the op is
 """
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -34,7 +33,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .triton_accumulate import (
-    INTERPRET, KEEP, TO_FP32, TO_FP64, _convert, allow_tf32, dot_precision,
+    AUTOTUNE, INTERPRET, KEEP, TO_FP32, TO_FP64, _convert, allow_tf32, dot_precision,
 )
 
 NF = 12  # int64 fields per layer in the table
@@ -275,7 +274,7 @@ def _pick_config(grads, bases, subtract, tf32: bool, bench=None) -> ProjectConfi
     if not INTERPRET and G0.device.type == "cuda":
         major = torch.cuda.get_device_capability(G0.device)[0]
     cands = candidates_for(G0.dtype, major)
-    if len(cands) == 1 or os.environ.get("UNSC_FAST_TRITON_AUTOTUNE", "1") == "0":
+    if len(cands) == 1 or not AUTOTUNE:
         return cands[0]
     max_m = max(B.shape[1] for B in bases)
     key = (G0.device, G0.dtype, tf32, _bucket(max_m), _bucket(max(G.shape[1] for G in grads)),
