@@ -428,3 +428,25 @@ def test_gpu_torch_compile():
     step(S, X, G, B)
     assert _upper_err(S, X.double().mT @ X.double()) <= REL_TOL[torch.float32]
     assert _proj_err(G, ref.project(G0.double(), B.double(), True), G0) <= 1e-5
+
+
+def test_opcheck():
+    """Schemas declare exactly what is mutated; project_'s fake (compile) implementation agrees.
+
+    (The accumulate ops' fake implementation is their own body, traced: checked by
+    test_compile_traces_the_kernels, since interpreted kernels cannot run on fake tensors.)
+    """
+    X = rand(30, 12, device=DEVICE, gen=_gen(1))
+    x = rand(2, 4, 6, 6, device=DEVICE, gen=_gen(2))
+    torch.library.opcheck(torch.ops.unsc_fast_triton.syrk_.default,
+                          (torch.zeros(12, 12, device=DEVICE), X, 0, False),
+                          test_utils=("test_schema",))
+    torch.library.opcheck(torch.ops.unsc_fast_triton.syrk_conv_.default,
+                          (torch.zeros(2, 18, 18, device=DEVICE), x, [3, 3], [1, 1], [1, 1],
+                           [1, 1], 2, 0, False), test_utils=("test_schema",))
+    G = [rand(5, 12, device=DEVICE, gen=_gen(3)), rand(4, 7, device=DEVICE, gen=_gen(4))]
+    B = [orthonormal(12, 3, dtype=torch.float32, device=DEVICE, gen=_gen(5)),
+         orthonormal(7, 2, dtype=torch.float32, device=DEVICE, gen=_gen(6))]
+    torch.library.opcheck(torch.ops.unsc_fast_triton.project_.default, (G, B, [True, False]),
+                          test_utils=("test_schema", "test_faketensor",
+                                      "test_autograd_registration"))

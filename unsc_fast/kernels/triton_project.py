@@ -308,6 +308,9 @@ def project_grouped(grads: list[Tensor], bases: list[Tensor], subtract: list[boo
         tf32 = allow_tf32()
     groups: dict[torch.dtype, list[tuple[Tensor, Tensor, bool]]] = {}
     for G, B, sub in zip(grads, bases, subtract):
+        if G.dtype != B.dtype or G.dim() != 2 or B.dim() != 2 or B.shape[0] != G.shape[1]:
+            raise TypeError(f"project_: G {G.dtype} {tuple(G.shape)} and B {B.dtype}"
+                            f" {tuple(B.shape)} must be (rows, d) and (d, m) of one dtype")
         rows, d = G.shape
         if rows == 0 or d == 0:
             continue
