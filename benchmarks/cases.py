@@ -123,12 +123,12 @@ class Inputs:
 
 
 def make_inputs(spec: CaseSpec, device: torch.device, seed: int = 0) -> Inputs:
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)   # on the device: fast for GPU sizes
     dt = DTYPES[spec.dtype]
     p = spec.params
 
     def randn(*shape):
-        return torch.randn(*shape, generator=gen, dtype=torch.float32).to(device=device, dtype=dt)
+        return torch.randn(*shape, generator=gen, dtype=torch.float32, device=device).to(dt)
 
     if spec.op == "accumulate":
         t = {"X": randn(p["n"], p["d"])}
@@ -140,12 +140,12 @@ def make_inputs(spec: CaseSpec, device: torch.device, seed: int = 0) -> Inputs:
             grads.append(randn(rows, d))
             m = _rank(p["rank_frac"], d)
             for _ in range(groups):
-                A = torch.randn(d, m, generator=gen, dtype=torch.float32).to(device)
+                A = torch.randn(d, m, generator=gen, dtype=torch.float32, device=device)
                 bases.append(torch.linalg.qr(A)[0].to(dt).contiguous())
         t = {"grads": grads, "bases": bases}
     elif spec.op == "eigh":
         d = p["d"]
-        A = torch.randn(d, 2 * d, generator=gen, dtype=torch.float64).to(device)
+        A = torch.randn(d, 2 * d, generator=gen, dtype=torch.float64, device=device)
         t = {"C": (A @ A.mT) / (2 * d)}
     else:
         raise ValueError(f"unknown op {spec.op!r}")

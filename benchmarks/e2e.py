@@ -5,7 +5,9 @@ class with the same optimiser settings:
 
 - ``unsc_fast[<backend>]``: :func:`unsc_fast.unlearn` with the backend forced (``backend=``):
   statistics streamed over all of D_r, ``eigh`` bases, grouped projection. One run per
-  backend available here (the reference, then the fast ones).
+  backend available here (the reference, then the fast ones); then each fast backend again
+  with ``max_retain_samples`` = the authors' one batch (256), the like-for-like statistics
+  budget.
 - ``authors-style``: :mod:`benchmarks.authors_style`, a baseline re-implementation of the
   original pipeline's cost structure (one batch of 256, a per-position patch loop, SVD of the
   wide sample matrix, dense d x d projectors).
@@ -54,7 +56,7 @@ class E2EConfig:
 
 PRESETS = {
     "smoke": E2EConfig(dataset="synthetic", train_epochs=1, unlearn_epochs=1, authors_batch=32),
-    "quick": E2EConfig(train_epochs=3, unlearn_epochs=10, reps=1),
+    "quick": E2EConfig(train_epochs=2, unlearn_epochs=10, reps=1),
     "full": E2EConfig(train_epochs=4, unlearn_epochs=20, reps=3),
 }
 
@@ -137,8 +139,11 @@ def run_e2e(device: torch.device, cfg: E2EConfig, backends: list[str],
                               forget_classes=forget, eps=cfg.eps, lr=cfg.lr, epochs=1)
     _sync(device)
 
-    # unsc_fast with each backend forced.
-    for b in backends:
+    # unsc_fast with each backend forced (statistics over all of D_r); then each fast
+    # backend with the authors' statistics budget (one batch's worth of D_r samples).
+    variants = [(b, None) for b in backends]
+    variants += [(b, cfg.authors_batch) for b in backends if b != "reference"]
+    for b, budget in variants:
         runs, accs = [], None
         for r in range(cfg.reps):
             torch.manual_seed(cfg.seed)
@@ -147,7 +152,7 @@ def run_e2e(device: torch.device, cfg: E2EConfig, backends: list[str],
                 model, loader(forget_ds, cfg.forget_batch, True, cfg.seed),
                 loader(retain_ds, cfg.retain_batch), forget_classes=forget, lr=cfg.lr,
                 epochs=cfg.unlearn_epochs, rule=f"energy:{cfg.eps}", backend=b,
-                progress=False)
+                max_retain_samples=budget, progress=False)
             _sync(device)
             total = time.perf_counter() - t
             rep = res.report
@@ -155,8 +160,10 @@ def run_e2e(device: torch.device, cfg: E2EConfig, backends: list[str],
                          "time_unlearn_s": rep.time_unlearn, "time_total_s": total})
             if r == 0:
                 accs = _accs(res.model, test, cfg, nc)
-        rows.append(_row(f"unsc_fast[{b}]", runs, accs, kind="unsc", backend=b))
-        log(f"  e2e: unsc_fast[{b}] {rows[-1]['time_total_s']:.2f} s")
+        name = f"unsc_fast[{b}]" + (f", D_r budget {budget}" if budget else "")
+        rows.append(_row(name, runs, accs, kind="unsc", backend=b,
+                         retain_samples_used=budget or len(retain_ds)))
+        log(f"  e2e: {name} {rows[-1]['time_total_s']:.2f} s")
 
     # The authors-style baseline.
     if authors:
@@ -178,7 +185,8 @@ def run_e2e(device: torch.device, cfg: E2EConfig, backends: list[str],
         rows.append(_row("authors-style (baseline re-impl.)", runs, accs, kind="authors"))
         log(f"  e2e: authors-style {rows[-1]['time_total_s']:.2f} s")
 
-    ref = next((r for r in rows if r.get("backend") == "reference"), None)
+    ref = next((r for r in rows if r.get("backend") == "reference"
+                and r["retain_samples_used"] == len(retain_ds)), None)
     auth = next((r for r in rows if r["kind"] == "authors"), None)
     retr = rows[1]
     for r in rows:

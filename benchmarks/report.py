@@ -127,7 +127,9 @@ def summary_md(res: dict) -> str:
     out.append("")
     out.append("Speed-up = reference time / implementation time (median of interleaved"
                " repetitions; > 1 is faster). `torch` is the best plain-torch primitive for the"
-               " same math. Per-case numbers with IQR: table.md; raw data: results.json.")
+               " same math. % of roofline credits dense-equivalent FLOPs, so a kernel that"
+               " skips the lower triangle of S can exceed 100. Per-case numbers with IQR:"
+               " table.md; raw data: results.json.")
     if res.get("e2e"):
         e = res["e2e"]
         c = e["config"]

@@ -292,11 +292,9 @@ def _cuda_suite(preset: str) -> list[CaseSpec]:
     proj_models = ["allcnn", "resnet18", "vgg11", "vit_b", "llama2_7b", "llama3_8b"]
     fracs = (0.05, 0.25)
     cases: list[CaseSpec] = []
-    for dt in dtypes:
+    for dt in dtypes:  # fp32 of every op first: a time budget cuts bf16 and eigh, not an op
         cases += [accumulate_case(k, n, dt) for k in acc_layers for n in rows]
-    for dt in dtypes:
         cases += [conv_case(k, b, dt) for k in conv_keys for b in batches]
-    for dt in dtypes:
         cases += [project_case(m, f, dt) for m in proj_models for f in fracs]
     cases += [eigh_case(d) for d in (512, 1024, 2304, 4608)]
     return cases
