@@ -163,8 +163,16 @@ def plots(res: dict, out_dir: Path) -> list[Path]:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
     except ImportError:
         return []
+
+    def fmt(ax, x_suffix="", y_suffix=""):
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}{x_suffix}"))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}{y_suffix}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
+
     written = []
     cases = [r for r in res["cases"] if r.get("status") == "ok" and r["op"] in OPS]
     ops = [op for op in OPS if any(r["op"] == op for r in cases)]
@@ -184,6 +192,9 @@ def plots(res: dict, out_dir: Path) -> list[Path]:
             ax.axhline(1.0, color="grey", lw=0.8)
             ax.set_xscale("log")
             ax.set_yscale("log")
+            fmt(ax, y_suffix="x")
+            ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0e}"))
             ax.set_xlabel("FLOPs per call (dense-equivalent)")
             ax.set_ylabel("speed-up vs reference")
             ax.set_title(op)
@@ -203,9 +214,12 @@ def plots(res: dict, out_dir: Path) -> list[Path]:
                              for r in cases if r["op"] == op and r["backend"] == b
                              and r.get("peak_mem_bytes") is not None)
                 if pts:
-                    ax.plot(*zip(*pts), marker="o", ls="-", lw=0.6, label=b)
+                    ax.plot(*zip(*pts), marker="o", ls="", alpha=0.8, label=b)
             ax.set_xscale("log")
             ax.set_yscale("log")
+            fmt(ax)
+            for axis in (ax.xaxis, ax.yaxis):
+                axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
             ax.set_xlabel("inputs + state (MiB)")
             ax.set_ylabel("peak extra memory of one call (MiB)")
             ax.set_title(op)
