@@ -8,7 +8,8 @@
 #   1. build the extension for this GPU's architecture: pip install --no-build-isolation
 #      --no-deps -e . ; if that fails, setup.py build_ext --inplace; if that fails, the JIT
 #      build (UNSC_FAST_JIT=1) on first use;
-#   2. the kernel tests (tests/test_kernels_*.py and the dispatch tests, -m "not slow" -x);
+#   2. the CUDA/Triton kernel tests (tests/test_kernels_{cuda,triton}*.py and the dispatch
+#      tests, -m "not slow" -x);
 #   3. python -m benchmarks.run --device cuda --quick, with a time budget;
 #   4. python -m benchmarks.tune --device cuda into $OUT (never into the package).
 # Results go only under $OUT, at most 8 files, one folder deep:
@@ -35,9 +36,10 @@ run() {
   (( lim > l )) && lim=$l
   if (( lim < 5 )); then log "SKIP (no time left): $*"; return 124; fi
   log "RUN (limit ${lim}s): $*"
+  local t0; t0=$(date +%s)
   timeout --signal=TERM --kill-after=10 "$lim" "$@" >> "$LOG" 2>&1
   local rc=$?
-  log "rc=$rc: $1 $2"
+  log "rc=$rc ($(( $(date +%s) - t0 ))s): ${*:2:3}"
   return $rc
 }
 
@@ -67,8 +69,8 @@ if ! run 300 "$PY" -m pip install --no-build-isolation --no-deps --no-index -e .
 fi
 run 240 "$PY" -c "import unsc_fast.dispatch as d; [print(k, ':', v) for k, v in d.availability().items()]"
 
-# 2. kernel tests (GPU tests run; CPU-only ones are quick)
-TESTS=$(ls tests/test_kernels_*.py 2>/dev/null | tr '\n' ' ')
+# 2. the CUDA and Triton kernel tests (all of tests/ if those files are missing)
+TESTS=$(ls tests/test_kernels_cuda*.py tests/test_kernels_triton*.py 2>/dev/null | tr '\n' ' ')
 run 150 "$PY" -m pytest ${TESTS:-tests} tests/test_dispatch.py -m "not slow" -x -q \
     -p no:cacheprovider
 
