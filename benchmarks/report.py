@@ -113,8 +113,8 @@ def summary_md(res: dict) -> str:
                f" {str(m.get('git_commit'))[:10]}{' (dirty tree)' if m.get('git_dirty') else ''}.")
     if m.get("loadavg_start") and m.get("device") == "cpu":
         la0, la1 = m["loadavg_start"][0], (m.get("loadavg_end") or [None])[0]
-        out.append(f"1-min load average at start / end: {la0:.1f} / {_f(la1, '{:.1f}')}"
-                   f" on {m.get('cpu_count')} cores.")
+        out += ["", f"1-min load average at start / end: {la0:.1f} / {_f(la1, '{:.1f}')}"
+                f" on {m.get('cpu_count')} cores."]
     if m.get("notes"):
         out.append("")
         out += [f"*{n}*" for n in m["notes"]]
