@@ -1,25 +1,31 @@
-"""The CUDA kernel sources compile for sm_80 and sm_90 with nvcc alone (no torch headers).
+"""Build checks that need no GPU.
 
-The kernels (csrc/cuda/*.cu) are torch-free by design, so this runs on any machine with nvcc,
-GPU or not; the ATen glue (csrc/cuda/cuda_ops.cpp) is compiled by setup.py on a CUDA torch.
-Skipped when nvcc is not on PATH.
+* The CUDA kernel sources (csrc/cuda/*.cu) are torch-free and compile for sm_80 and sm_90
+  with nvcc alone; the ATen glue (csrc/cuda/cuda_ops.cpp) is compiled by setup.py on a CUDA
+  torch. Skipped when nvcc is not on PATH.
+* CMakeLists.txt configures and builds the CPU ops library against libtorch, and the library
+  registers working ops when loaded (marked slow, about 30 s; skipped without cmake).
 """
 from __future__ import annotations
 
 import re
 import shutil
 import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 
-CUDA_DIR = Path(__file__).resolve().parents[1] / "csrc" / "cuda"
+ROOT = Path(__file__).resolve().parents[1]
+CUDA_DIR = ROOT / "csrc" / "cuda"
 CU_FILES = sorted(CUDA_DIR.glob("*.cu"))
 ARCHS = ("80", "90")
 NVCC = shutil.which("nvcc")
 TORCH_INCLUDE = re.compile(r'^\s*#\s*include\s*[<"](torch|ATen|c10|caffe2)/', re.M)
 
-pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
+CMAKE = shutil.which("cmake")
+needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
 
 
 def _headers(path: Path, seen: set[Path] | None = None) -> set[Path]:
@@ -45,6 +51,7 @@ def test_kernel_sources_are_torch_free():
             assert not TORCH_INCLUDE.search(src.read_text()), f"{src.name} includes a torch header"
 
 
+@needs_nvcc
 def test_nvcc_compiles_every_kernel_source(tmp_path):
     """One nvcc per file with both -gencode targets, the files compiled two at a time."""
     procs = []
@@ -65,3 +72,30 @@ def test_nvcc_compiles_every_kernel_source(tmp_path):
     assert not failures, "\n\n".join(failures)
     for cu in CU_FILES:
         assert (tmp_path / f"{cu.stem}.o").stat().st_size > 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CMAKE is None, reason="cmake is not on PATH")
+def test_cmake_builds_the_cpu_library(tmp_path):
+    build = tmp_path / "build"
+    cfg = subprocess.run([CMAKE, "-S", str(ROOT), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
+                          f"-DPython_EXECUTABLE={sys.executable}", "-DUNSC_FAST_CUDA=OFF"],
+                         capture_output=True, text=True, timeout=300)
+    assert cfg.returncode == 0, cfg.stdout[-3000:] + cfg.stderr[-3000:]
+    bld = subprocess.run([CMAKE, "--build", str(build), "-j2"], capture_output=True, text=True,
+                         timeout=600)
+    assert bld.returncode == 0, bld.stdout[-3000:] + bld.stderr[-3000:]
+    libs = list(build.glob("libunsc_fast_ops.*"))
+    assert libs, list(build.iterdir())
+    # A fresh interpreter: the namespace may be registered once per process.
+    check = textwrap.dedent(f"""
+        import torch
+        torch.ops.load_library({str(libs[0])!r})
+        S, X = torch.zeros(5, 5), torch.randn(9, 5)
+        torch.ops.unsc_fast.accumulate_(S, X)
+        assert torch.allclose(torch.triu(S), torch.triu(X.T @ X), atol=1e-4)
+        print("ok")
+    """)
+    run = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0 and "ok" in run.stdout, run.stdout + run.stderr
