@@ -84,11 +84,12 @@ void syrk_upper(const at::Tensor& S, const at::Tensor& At, bool parallel) {
 }
 
 // Rows per chunk of a Gram update with n rows of dimension d (per group; `groups` of them):
-// big enough for efficient BLAS, small enough that the buffer stays a small fraction (1/16)
-// of the whole patch matrix the reference would materialise.
+// big enough for efficient BLAS and few passes over S (each chunk reads and writes the upper
+// blocks of S once), small enough that the buffer stays a small fraction (at most 1/4) of the
+// whole patch matrix, which the reference materialises twice.
 int64_t chunk_rows(int64_t d, int64_t n, int64_t groups = 1) {
   int64_t p = std::clamp<int64_t>(kChunkElems / std::max<int64_t>(d, 1), 256, 4096);
-  p = std::min(p, std::max<int64_t>(32, ceil_div(n * groups, 16)));
+  p = std::min(p, std::max<int64_t>(64, ceil_div(n * groups, 4)));
   return std::max<int64_t>(1, std::min(p, n));
 }
 
