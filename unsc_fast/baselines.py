@@ -211,8 +211,11 @@ def finetune(task: Task, lr: float = 0.01, epochs: int = 2, momentum: float = 0.
 
 
 def _df_loop(task: Task, model: nn.Module, params: list, epochs: int, lr: float,
-             momentum: float, batch_size: int | None, step: Callable, desc: str) -> float:
-    """SGD over D_f batches: ``step(x, y) -> loss`` computes the loss to minimise."""
+             momentum: float, batch_size: int | None, step: Callable, desc: str,
+             mask: list[torch.Tensor] | None = None) -> tuple[float, bool]:
+    """SGD over D_f batches: ``step(x, y) -> loss`` computes the loss to minimise; gradients
+    are multiplied by ``mask`` when given. Stops early (and says so) if the loss turns
+    non-finite. Returns (seconds, diverged)."""
     device = _model_device(model)
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum)
     data = task.forget_loader(batch_size)
@@ -221,14 +224,16 @@ def _df_loop(task: Task, model: nn.Module, params: list, epochs: int, lr: float,
         for _ in bar:
             for x, y in data:
                 loss = step(x.to(device), y.to(device))
+                if not torch.isfinite(loss):
+                    return time.perf_counter() - t, True
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                if getattr(step, "mask", None) is not None:
-                    for p, m in zip(params, step.mask):
+                if mask is not None:
+                    for p, m in zip(params, mask):
                         if p.grad is not None:
                             p.grad.mul_(m)
                 opt.step()
-    return time.perf_counter() - t
+    return time.perf_counter() - t, False
 
 
 def _forever(data):
@@ -249,9 +254,9 @@ def grad_ascent(task: Task, lr: float = 1e-3, epochs: int = 5, momentum: float =
     """Gradient ascent on the cross-entropy of D_f with its true labels."""
     model = copy.deepcopy(task.model)
     params = freeze_for_unlearning(model, None)
-    secs = _df_loop(task, model, params, epochs, lr, momentum, batch_size,
-                    lambda x, y: -F.cross_entropy(model(x), y), "grad ascent")
-    return MethodResult(_finish(model), {"unlearn": secs})
+    secs, diverged = _df_loop(task, model, params, epochs, lr, momentum, batch_size,
+                              lambda x, y: -F.cross_entropy(model(x), y), "grad ascent")
+    return MethodResult(_finish(model), {"unlearn": secs}, {"diverged": diverged})
 
 
 @register("boundary_shrink")
@@ -270,9 +275,9 @@ def boundary_shrink(task: Task, lr: float = 0.01, epochs: int = 5, eps: float = 
         with torch.no_grad():
             target = _allowed_labels(task, original(x + eps * g.sign()), y)
         return F.cross_entropy(model(x), target)
-    secs = _df_loop(task, model, params, epochs, lr, momentum, batch_size, step,
-                    "boundary shrink")
-    return MethodResult(_finish(model), {"unlearn": secs})
+    secs, diverged = _df_loop(task, model, params, epochs, lr, momentum, batch_size, step,
+                              "boundary shrink")
+    return MethodResult(_finish(model), {"unlearn": secs}, {"diverged": diverged})
 
 
 @register("salun")
@@ -309,8 +314,8 @@ def salun(task: Task, lr: float = 0.01, epochs: int = 5, sparsity: float = 0.5,
             xr, yr = next(retain)
             loss = loss + retain_weight * F.cross_entropy(model(xr.to(device)), yr.to(device))
         return loss
-    step.mask = masks
-    secs = _df_loop(task, model, params, epochs, lr, momentum, batch_size, step, "salun")
+    secs, diverged = _df_loop(task, model, params, epochs, lr, momentum, batch_size, step,
+                              "salun", mask=masks)
     kept = float(sum(m.sum() for m in masks) / flat.numel())
     return MethodResult(_finish(model), {"mask": t_mask, "unlearn": secs},
-                        {"mask_share": kept})
+                        {"mask_share": kept, "diverged": diverged})

@@ -224,7 +224,7 @@ def load_file_dataset(name: str, root: str | os.PathLike | None, seed: int = 0,
     std = torch.tensor(spec.std).view(1, -1, 1, 1)
 
     def ds(X, y):
-        x = (torch.from_numpy(X).float() / 255.0 - mean) / std
+        x = (torch.as_tensor(np.array(X, np.uint8)).float() / 255.0 - mean) / std
         return TensorDataset(x, torch.from_numpy(y).long())
     return DataSplit(name, ds(Xtr, ytr), ds(Xte, yte), spec.num_classes)
 

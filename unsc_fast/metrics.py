@@ -155,12 +155,17 @@ def evaluate(model: nn.Module, split, test: Iterable, *, batch_size: int = 512, 
         mia_loss_acc        loss-based logistic-regression attack accuracy, % (ideal ~50)
         per_class           test accuracy of every class, %
         time_eval           seconds
+        nonfinite_outputs   only present (True) when the model output NaN/Inf somewhere
     """
     from .data import loader
     t = time.perf_counter()
     lr_, yr = predict(model, loader(split.retain, batch_size))
     lf, yf = predict(model, loader(split.forget, batch_size))
     lt, yt = predict(model, loader(test, batch_size))
+    finite = all(bool(torch.isfinite(v).all()) for v in (lr_, lf, lt))
+    if not finite:   # a diverged model: score it as it predicts, keep the attacks defined
+        lr_, lf, lt = (torch.nan_to_num(v, nan=0.0, posinf=1e4, neginf=-1e4)
+                       for v in (lr_, lf, lt))
     k = split.num_classes
     if split.forget_classes is not None:
         rest = [c for c in range(k) if c not in split.forget_classes]
@@ -196,4 +201,6 @@ def evaluate(model: nn.Module, split, test: Iterable, *, batch_size: int = 512, 
                                                 sample_losses(lt[test_same], yt[test_same]),
                                                 seed=seed))
     out["time_eval"] = time.perf_counter() - t
+    if not finite:
+        out["nonfinite_outputs"] = True
     return out
