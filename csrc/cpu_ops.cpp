@@ -1,10 +1,14 @@
-// CPU implementations of the unsc_fast ops: ATen + OpenMP (at::parallel_for), BLAS on
-// cache-sized blocks.
+// CPU implementations of the unsc_fast ops: ATen + OpenMP (at::parallel_for), BLAS (at::addmm_)
+// on cache-sized blocks.
 //
-// Gram updates S += AᵀA touch only the blocks of S on or above the diagonal (kTile x kTile
-// blocks; a diagonal block is computed whole, so a few entries just below the diagonal are
-// written too: the lower triangle is unspecified). Conv patches are gathered chunk by chunk
-// (implicit im2col) into one buffer of at most kChunkElems elements per thread.
+// Gram updates S += AᵀA (gram_upper) touch only blocks on or above the diagonal of S; a
+// diagonal block is computed whole, so a few entries just below the diagonal are written too
+// (the lower triangle is unspecified). A is produced chunk by chunk of rows: conv patches by
+// implicit im2col, half/strided X by conversion, into per-thread buffers of a bounded number
+// of rows; each threaded op runs in a single parallel region without barriers, which keeps it
+// fast when the machine is shared (a descheduled thread stalls only its own work).
+// project_ splits every layer into row tiles sized by its share of the FLOPs and runs
+// T = G_tile B; G_tile -= T Bᵀ per tile, tiles first come first served.
 #include "unsc_checks.h"
 
 #include <ATen/Dispatch.h>
@@ -16,6 +20,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <mutex>
 #include <utility>
 #include <vector>
 
@@ -56,41 +61,118 @@ void parallel_items(int64_t n, const MakeCtx& make_ctx, const Work& work) {
 struct NoCtx {};
 inline NoCtx no_ctx() { return {}; }
 
-// S (d, d) += At Atᵀ on the kTile blocks on or above the diagonal. At is (d, k) with strides
-// BLAS can use directly (one of them 1). `parallel`: spread the blocks over the threads.
-void syrk_upper(const at::Tensor& S, const at::Tensor& At, bool parallel) {
+// S (d, d) += At Atᵀ on the kTile blocks on or above the diagonal, serially (the caller
+// parallelises). At is (d, k) with strides BLAS can use directly (one of them 1).
+void syrk_upper(const at::Tensor& S, const at::Tensor& At) {
   const int64_t d = S.size(0);
   if (d == 0 || At.size(1) == 0) return;
-  if (d <= kTile) {
-    S.addmm_(At, At.t());  // one block: BLAS threads internally when not nested
-    return;
-  }
-  const int64_t nb = ceil_div(d, kTile);
-  std::vector<std::pair<int64_t, int64_t>> blocks;
-  blocks.reserve(nb * (nb + 1) / 2);
-  for (int64_t bi = 0; bi < nb; ++bi)
-    for (int64_t bj = bi; bj < nb; ++bj) blocks.emplace_back(bi, bj);
-  auto block = [&](int64_t t, NoCtx&) {
-    const int64_t i0 = blocks[t].first * kTile, j0 = blocks[t].second * kTile;
-    const int64_t ni = std::min(kTile, d - i0), nj = std::min(kTile, d - j0);
-    S.narrow(0, i0, ni).narrow(1, j0, nj).addmm_(At.narrow(0, i0, ni), At.narrow(0, j0, nj).t());
-  };
-  if (parallel) {
-    parallel_items(static_cast<int64_t>(blocks.size()), no_ctx, block);
-  } else {
-    NoCtx c;
-    for (int64_t t = 0; t < static_cast<int64_t>(blocks.size()); ++t) block(t, c);
+  for (int64_t i0 = 0; i0 < d; i0 += kTile) {
+    const int64_t ni = std::min(kTile, d - i0);
+    for (int64_t j0 = i0; j0 < d; j0 += kTile) {
+      const int64_t nj = std::min(kTile, d - j0);
+      S.narrow(0, i0, ni).narrow(1, j0, nj)
+          .addmm_(At.narrow(0, i0, ni), At.narrow(0, j0, nj).t());
+    }
   }
 }
 
-// Rows per chunk of a Gram update with n rows of dimension d (per group; `groups` of them):
-// big enough for efficient BLAS and few passes over S (each chunk reads and writes the upper
-// blocks of S once), small enough that the buffer stays a small fraction (at most 1/4) of the
-// whole patch matrix, which the reference materialises twice.
-int64_t chunk_rows(int64_t d, int64_t n, int64_t groups = 1) {
+// ---------------------------------------------------------------------------------------------
+// Gram engine: upper blocks of S (d x d) += AᵀA for an implicit A (n x d) produced in chunks
+// ---------------------------------------------------------------------------------------------
+
+// Per-thread scratch of a source: the chunk buffer and the conv row index.
+struct RowIndex {
+  std::vector<int64_t> ih0, iw0, base;
+};
+struct Scratch {
+  at::Tensor buf;
+  RowIndex ri;
+  // A buffer of at least `elems` elements (the first chunk is the largest: allocated once).
+  at::Tensor& get(int64_t elems, const at::TensorOptions& opts) {
+    if (!buf.defined() || buf.numel() < elems) buf = at::empty({elems}, opts);
+    return buf;
+  }
+};
+
+// Rows per chunk: big enough for efficient BLAS and few passes over S (each chunk reads and
+// writes the upper blocks of S once), small enough that the chunk buffers of all threads
+// together stay well under 1/4 of the patch matrix (ref_rows x d), which the reference
+// materialises twice.
+int64_t chunk_rows(int64_t d, int64_t n, int64_t ref_rows, int64_t nt) {
   int64_t p = std::clamp<int64_t>(kChunkElems / std::max<int64_t>(d, 1), 256, 4096);
-  p = std::min(p, std::max<int64_t>(64, ceil_div(n * groups, 4)));
+  p = std::min(p, std::max<int64_t>(64, ceil_div(ref_rows, 2 * nt + 2)));
   return std::max<int64_t>(1, std::min(p, n));
+}
+
+// source(scratch, c0, ncols, r0, rows) returns Aᵀ restricted to columns [c0, c0 + ncols) and
+// rows [r0, r0 + rows): an (ncols x rows) tensor of S's dtype that BLAS can read directly,
+// usually a view of scratch.buf. `ref_rows` sizes the memory budget (see chunk_rows), unless
+// `fixed_chunk` > 0 sets the rows per chunk (sources that copy nothing).
+//
+// Threaded, it runs in ONE parallel region without barriers (robust on a busy machine):
+// * small d, many chunks: the threads take chunks first come first served, each into a private
+//   d x d accumulator added to S at the end (under a lock);
+// * otherwise: each thread owns a range of rows of S (ranges of equal upper-triangle area),
+//   produces only the columns its rows need (those right of its first row) and updates its
+//   rows block-row by block-row, chunk after chunk.
+template <typename Source>
+void gram_upper(const at::Tensor& S, int64_t n, int64_t ref_rows, const Source& source,
+                bool parallel, int64_t fixed_chunk = 0) {
+  const int64_t d = S.size(0);
+  if (n == 0 || d == 0) return;
+  int64_t nt = parallel && !at::in_parallel_region() ? at::get_num_threads() : 1;
+  if (static_cast<double>(n) * d * d < static_cast<double>(1 << 22)) nt = 1;  // tiny: serial
+  const int64_t p = fixed_chunk > 0 ? std::min(fixed_chunk, n) : chunk_rows(d, n, ref_rows, nt);
+  const int64_t nchunks = ceil_div(n, p);
+
+  if (nt <= 1) {
+    Scratch s;
+    for (int64_t r0 = 0; r0 < n; r0 += p) {
+      syrk_upper(S, source(s, 0, d, r0, std::min(p, n - r0)));
+    }
+    return;
+  }
+  const at::ThreadLocalState state;
+  if (d <= 512 && nchunks >= 2 * nt && nt * d * 8 <= ref_rows) {
+    std::atomic<int64_t> next{0};
+    std::mutex lock;
+    at::parallel_for(0, nt, 1, [&](int64_t, int64_t) {
+      at::ThreadLocalStateGuard guard(state);
+      Scratch s;
+      at::Tensor own = at::zeros_like(S);
+      for (int64_t c = next.fetch_add(1); c < nchunks; c = next.fetch_add(1)) {
+        const int64_t r0 = c * p;
+        syrk_upper(own, source(s, 0, d, r0, std::min(p, n - r0)));
+      }
+      const std::lock_guard<std::mutex> hold(lock);
+      S.add_(own);
+    });
+    return;
+  }
+  // Row ranges [bound[t], bound[t+1]) of equal upper-triangle area, multiples of 16 rows.
+  std::vector<int64_t> bound(nt + 1, d);
+  bound[0] = 0;
+  for (int64_t t = 1; t < nt; ++t) {
+    const double r = d * (1.0 - std::sqrt(1.0 - static_cast<double>(t) / nt));
+    bound[t] = std::clamp<int64_t>((static_cast<int64_t>(r) + 8) / 16 * 16, bound[t - 1], d);
+  }
+  const int64_t hb = d <= 2048 ? 128 : kTile;  // block-row height of the updates
+  at::parallel_for(0, nt, 1, [&](int64_t t_begin, int64_t t_end) {
+    at::ThreadLocalStateGuard guard(state);
+    for (int64_t t = t_begin; t < t_end; ++t) {
+      const int64_t a = bound[t], z = bound[t + 1];
+      if (a >= z) continue;
+      Scratch s;
+      for (int64_t r0 = 0; r0 < n; r0 += p) {
+        const at::Tensor At = source(s, a, d - a, r0, std::min(p, n - r0));  // (d - a, rows)
+        for (int64_t i0 = a; i0 < z; i0 += hb) {
+          const int64_t h = std::min(hb, z - i0);
+          S.narrow(0, i0, h).narrow(1, i0, d - i0)
+              .addmm_(At.narrow(0, i0 - a, h), At.narrow(0, i0 - a, d - i0).t());
+        }
+      }
+    }
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -106,96 +188,87 @@ void accumulate_cpu(const at::Tensor& S, const at::Tensor& X) {
       X.scalar_type() == S.scalar_type() &&
       ((X.stride(1) == 1 && X.stride(0) >= d) || (X.stride(0) == 1 && X.stride(1) >= n));
   if (blas_ready) {  // S += XᵀX straight from X, no copy
-    syrk_upper(S, X.t(), /*parallel=*/true);
+    if (d <= kTile) {
+      S.addmm_(X.t(), X);  // one block: BLAS threads it
+      return;
+    }
+    auto direct = [&](Scratch&, int64_t c0, int64_t nc, int64_t r0, int64_t rows) {
+      return X.narrow(0, r0, rows).narrow(1, c0, nc).t();
+    };
+    gram_upper(S, n, n, direct, /*parallel=*/true, /*fixed_chunk=*/n);
     return;
   }
-  // Convert / compact X chunk by chunk into a (rows, d) buffer of S's dtype.
-  const int64_t p = chunk_rows(d, n);
-  at::Tensor buf = at::empty({p, d}, S.options());
-  for (int64_t r0 = 0; r0 < n; r0 += p) {
-    const int64_t rows = std::min(p, n - r0);
-    at::Tensor Xc = buf.narrow(0, 0, rows);
-    Xc.copy_(X.narrow(0, r0, rows));
-    syrk_upper(S, Xc.t(), /*parallel=*/true);
-  }
+  // Convert / compact X chunk by chunk into a (rows, ncols) buffer of S's dtype.
+  const auto opts = S.options();
+  auto source = [&](Scratch& s, int64_t c0, int64_t nc, int64_t r0, int64_t rows) {
+    at::Tensor block = s.get(rows * nc, opts).narrow(0, 0, rows * nc).view({rows, nc});
+    block.copy_(X.narrow(0, r0, rows).narrow(1, c0, nc));
+    return block.t();
+  };
+  gram_upper(S, n, n, source, /*parallel=*/true);
 }
 
 // ---------------------------------------------------------------------------------------------
 // accumulate_conv_: implicit im2col
 // ---------------------------------------------------------------------------------------------
 
-// Per-row scratch of a patch chunk: where each output position's window starts.
-struct RowIndex {
-  std::vector<int64_t> ih0, iw0, base;
-  void build(const ConvGeom& g, int64_t r0, int64_t rows) {
-    ih0.resize(rows);
-    iw0.resize(rows);
-    base.resize(rows);
-    const int64_t L = g.OH * g.OW;
-    for (int64_t r = 0; r < rows; ++r) {
-      const int64_t q = r0 + r;
-      const int64_t n = q / L, rem = q % L;
-      const int64_t oh = rem / g.OW, ow = rem % g.OW;
-      ih0[r] = oh * g.sh - g.ph;
-      iw0[r] = ow * g.sw - g.pw;
-      base[r] = n * g.sN + ih0[r] * g.sH + iw0[r] * g.sW;  // may point before x: only used
-    }                                                    // with an in-bounds offset added
+// Where the window of each output position r0 + r (r < rows) starts.
+void build_rows(RowIndex& ri, const ConvGeom& g, int64_t r0, int64_t rows) {
+  ri.ih0.resize(rows);
+  ri.iw0.resize(rows);
+  ri.base.resize(rows);
+  const int64_t L = g.OH * g.OW;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t q = r0 + r;
+    const int64_t n = q / L, rem = q % L;
+    const int64_t oh = rem / g.OW, ow = rem % g.OW;
+    ri.ih0[r] = oh * g.sh - g.ph;
+    ri.iw0[r] = ow * g.sw - g.pw;
+    // May point before x: only ever used with an in-bounds offset added.
+    ri.base[r] = n * g.sN + ri.ih0[r] * g.sH + ri.iw0[r] * g.sW;
   }
-};
+}
 
-// buf (d, rows), row-major: buf[col][r] = patch value of output position r0 + r, column
-// col = (c, ki, kj) of group `group`, zero where the window leaves the input.
+// buf (ncols, rows), row-major: buf[col - c0][r] = patch value of output position r0 + r at
+// column col = (c, ki, kj) of group `group`, zero where the window leaves the input.
 template <typename in_t, typename acc_t>
-void im2col_chunk(const in_t* x, const ConvGeom& g, int64_t group, const RowIndex& ri,
-                  int64_t rows, acc_t* buf, bool parallel) {
+void im2col_cols(const in_t* x, const ConvGeom& g, int64_t group, const RowIndex& ri,
+                 int64_t rows, int64_t c0, int64_t ncols, acc_t* buf) {
   const int64_t kk = g.kh * g.kw;
-  auto fill = [&](int64_t c0, int64_t c1) {
-    for (int64_t col = c0; col < c1; ++col) {
-      const int64_t c = col / kk, ki = (col / g.kw) % g.kh, kj = col % g.kw;
-      const int64_t dih = ki * g.dh, diw = kj * g.dw;
-      const int64_t off = (group * g.Cg + c) * g.sC + dih * g.sH + diw * g.sW;
-      acc_t* out = buf + col * rows;
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t ih = ri.ih0[r] + dih, iw = ri.iw0[r] + diw;
-        const bool inside = static_cast<uint64_t>(ih) < static_cast<uint64_t>(g.H) &&
-                            static_cast<uint64_t>(iw) < static_cast<uint64_t>(g.W);
-        out[r] = inside ? static_cast<acc_t>(x[ri.base[r] + off]) : acc_t(0);
-      }
+  for (int64_t col = c0; col < c0 + ncols; ++col) {
+    const int64_t c = col / kk, ki = (col / g.kw) % g.kh, kj = col % g.kw;
+    const int64_t dih = ki * g.dh, diw = kj * g.dw;
+    const int64_t off = (group * g.Cg + c) * g.sC + dih * g.sH + diw * g.sW;
+    acc_t* out = buf + (col - c0) * rows;
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t ih = ri.ih0[r] + dih, iw = ri.iw0[r] + diw;
+      const bool inside = static_cast<uint64_t>(ih) < static_cast<uint64_t>(g.H) &&
+                          static_cast<uint64_t>(iw) < static_cast<uint64_t>(g.W);
+      out[r] = inside ? static_cast<acc_t>(x[ri.base[r] + off]) : acc_t(0);
     }
-  };
-  if (parallel) {
-    at::parallel_for(0, g.d, std::max<int64_t>(1, 16384 / std::max<int64_t>(rows, 1)), fill);
-  } else {
-    fill(0, g.d);
   }
 }
 
 template <typename in_t, typename acc_t>
 void accumulate_conv_impl(const at::Tensor& S, const at::Tensor& x, const ConvGeom& g) {
-  const int64_t n = g.rows(), d = g.d;
-  const int64_t p = chunk_rows(d, n, g.groups);
+  const int64_t n = g.rows();
   const in_t* xp = x.const_data_ptr<in_t>();
-  auto one_group = [&](int64_t group, at::Tensor& buf, RowIndex& ri, bool parallel) {
-    at::Tensor Sg = S.select(0, group);
-    acc_t* bp = buf.mutable_data_ptr<acc_t>();
-    for (int64_t r0 = 0; r0 < n; r0 += p) {
-      const int64_t rows = std::min(p, n - r0);
-      ri.build(g, r0, rows);
-      im2col_chunk<in_t, acc_t>(xp, g, group, ri, rows, bp, parallel);
-      syrk_upper(Sg, buf.narrow(0, 0, d * rows).view({d, rows}), parallel);
-    }
+  const auto opts = S.options();
+  auto one_group = [&](int64_t group, bool parallel) {
+    auto source = [&](Scratch& s, int64_t c0, int64_t nc, int64_t r0, int64_t rows) {
+      at::Tensor& buf = s.get(rows * nc, opts);
+      build_rows(s.ri, g, r0, rows);
+      im2col_cols<in_t, acc_t>(xp, g, group, s.ri, rows, c0, nc, buf.mutable_data_ptr<acc_t>());
+      return buf.narrow(0, 0, rows * nc).view({nc, rows});
+    };
+    gram_upper(S.select(0, group), n, n * g.groups, source, parallel);
   };
   const int64_t nt = at::in_parallel_region() ? 1 : at::get_num_threads();
   if (g.groups > 1 && g.groups >= nt) {
     // Many groups (e.g. depthwise): one group per thread at a time, serial inside.
-    struct Ctx { at::Tensor buf; RowIndex ri; };
-    parallel_items(
-        g.groups, [&] { return Ctx{at::empty({d * p}, S.options()), RowIndex{}}; },
-        [&](int64_t group, Ctx& c) { one_group(group, c.buf, c.ri, false); });
+    parallel_items(g.groups, no_ctx, [&](int64_t group, NoCtx&) { one_group(group, false); });
   } else {
-    at::Tensor buf = at::empty({d * p}, S.options());
-    RowIndex ri;
-    for (int64_t group = 0; group < g.groups; ++group) one_group(group, buf, ri, true);
+    for (int64_t group = 0; group < g.groups; ++group) one_group(group, true);
   }
 }
 

@@ -91,10 +91,11 @@ def test_accumulate(n, d, x_dtype, layout):
 
 @pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16, torch.float64],
                          ids=_ids([torch.float32, torch.bfloat16, torch.float64]))
-def test_accumulate_many_tiles_and_chunks(x_dtype, threads):
-    """d > 256 (several blocks of S, some on the diagonal) and many row chunks; in inference
-    mode, so the worker threads must see the caller's thread-local state."""
-    n, d = 700, 300
+@pytest.mark.parametrize("n,d", [(700, 300), (6000, 40)])
+def test_accumulate_many_tiles_and_chunks(n, d, x_dtype, threads):
+    """Both threaded strategies: d > 256 (several blocks of S, threads owning row ranges) and
+    small d with many row chunks (private accumulators); in inference mode, so the worker
+    threads must see the caller's thread-local state."""
     X = rand(n, d, dtype=x_dtype, gen=_gen(3))
     s_dtype = torch.float64 if x_dtype == torch.float64 else torch.float32
     expected = X.double().mT @ X.double()
@@ -137,10 +138,11 @@ def test_accumulate_conv(case, x_dtype, layout):
         assert _upper_err(S, expected + S0.double()) <= REL_TOL[s_dtype], (s_dtype, layout)
 
 
-@pytest.mark.parametrize("groups", [1, 4])
-def test_accumulate_conv_many_tiles_and_chunks(groups, threads):
-    """d > 256 per group for groups=1 (blocks of S), many chunks, serial and threaded paths."""
-    N, C, H, W = 2, 32 * groups, 12, 11
+@pytest.mark.parametrize("N,C,H,W,groups", [(2, 32, 12, 11, 1), (2, 128, 12, 11, 4),
+                                             (16, 3, 32, 32, 1)])
+def test_accumulate_conv_many_tiles_and_chunks(N, C, H, W, groups, threads):
+    """d > 256 (blocks of S, threads owning row ranges), many groups (a group per thread) and
+    small d with many rows (private accumulators), serial and threaded."""
     geom = ConvGeometry((3, 3), stride=(1, 2), pad=(1, 1, 1, 1), dilation=(2, 1), groups=groups)
     x = rand(N, C, H, W, gen=_gen(groups))
     d = geom.patch_dim(C)
