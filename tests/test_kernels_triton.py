@@ -291,18 +291,25 @@ def test_project_autotune_uses_scratch(monkeypatch):
 
 @interpreter_only
 @pytest.mark.parametrize("major", [9, 8])
-def test_gpu_tilings_in_interpreter(major):
+def test_gpu_tilings_in_interpreter(major, monkeypatch):
     """Every Hopper/Ampere candidate tiling gives the right answer (masks, block edges)."""
     gen = _gen(major)
     X = rand(150, 70, device=DEVICE, gen=gen)
     expected = X.double().mT @ X.double()
     for cfg in tacc.configs_for(major):
-        S = torch.zeros(70, 70, device=DEVICE)
-        bd, bk = cfg.kwargs["BLOCK_D"], cfg.kwargs["BLOCK_K"]
-        t = -(-70 // bd)
-        tacc._syrk_dense_kernel[(t * (t + 1) // 2, 2)](
-            S, X, 150, 70, X.stride(0), X.stride(1), 256,
-            COMPUTE=tacc.TO_FP32, DOT_PRECISION="ieee", BLOCK_D=bd, BLOCK_K=bk)
+        monkeypatch.setattr(tacc.syrk_dense_kernel, "configs", [cfg])
+        for split in (1, 2):
+            S = torch.zeros(70, 70, device=DEVICE)
+            tacc.syrk_(S, X, split, False)
+            assert _upper_err(S, expected) <= REL_TOL[torch.float32], (cfg, split)
+    x = rand(2, 6, 9, 8, device=DEVICE, gen=gen).to(memory_format=torch.channels_last)
+    geom = ConvGeometry((3, 3), stride=(2, 1), pad=(1, 1, 1, 1), groups=2)
+    expected = ref.accumulate_conv_(torch.zeros(2, 27, 27, dtype=torch.float64), x.double(),
+                                    geom)
+    for cfg in tacc.conv_configs_for(major):
+        monkeypatch.setattr(tacc.syrk_conv_kernel, "configs", [cfg])
+        S = torch.zeros(2, 27, 27, device=DEVICE)
+        tacc.syrk_conv_(S, x, [3, 3], [2, 1], [1, 1], [1, 1], 2, 2, False)
         assert _upper_err(S, expected) <= REL_TOL[torch.float32], cfg
     for dtype in (torch.float16, torch.float32, torch.float64):
         G = rand(70, 150, dtype=dtype, device=DEVICE, gen=gen)
@@ -372,6 +379,60 @@ def test_compile_traces_the_kernels():
     assert graph.count("triton_kernel_wrapper_functional(") == 2, graph
     assert "'S_ptr'" in graph and "'x_ptr'" in graph and "'X_ptr'" in graph
     assert "unsc_fast_triton.project_" in graph
+
+
+_COMPILE_SCRIPT = """
+import torch, triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from unsc_fast.kernels import triton_accumulate as ta, triton_project as tp
+
+def build(fn, sig, consts, cc, warps, stages):
+    sig = dict(sig, **{k: "constexpr" for k in consts})
+    triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", cc, 32),
+                   options=dict(num_warps=warps, num_stages=stages))
+
+conv_args = ["M", "d", "Cg", "H", "W", "OHW", "OW", "sxn", "sxc", "sxh", "sxw", "KHW", "KW",
+             "conv_sh", "conv_sw", "pad_h", "pad_w", "dil_h", "dil_w", "m_bucket"]
+for cc in (90, 80):
+    c = ta.configs_for(cc // 10)[0]
+    for s_ty, x_ty, comp in (("fp32", "bf16", ta.KEEP), ("fp64", "fp32", ta.TO_FP64)):
+        consts = dict(COMPUTE=comp, DOT_PRECISION=ta.dot_precision(comp, False), **c.kwargs)
+        build(ta._syrk_dense_kernel, {"S_ptr": "*" + s_ty, "X_ptr": "*" + x_ty, "n": "i32",
+              "d": "i32", "stride_xn": "i32", "stride_xd": "i32", "n_bucket": "i32"},
+              consts, cc, c.num_warps, c.num_stages)
+    c = ta.conv_configs_for(cc // 10)[0]
+    build(ta._syrk_conv_kernel, dict({"S_ptr": "*fp32", "x_ptr": "*fp16"},
+          **{a: "i32" for a in conv_args}),
+          dict(COMPUTE=ta.KEEP, DOT_PRECISION="tf32", **c.kwargs), cc, c.num_warps, c.num_stages)
+    for dtype, ty in ((torch.bfloat16, "bf16"), (torch.float64, "fp64")):
+        p = tp.candidates_for(dtype, cc // 10)[0]
+        comp = tp._compute_mode(dtype)
+        for ws in (False, True):
+            build(tp.project_kernel, {"tab_ptr": "*i64", "work_ptr": "*i64", "n_work": "i32",
+                  "ws_ptr": "*fp64" if ty == "fp64" else "*fp32", "witness_ptr": "*" + ty},
+                  dict(NF=tp.NF, COMPUTE=comp, DOT_PRECISION=ta.dot_precision(comp, False),
+                       WORKSPACE=ws, BLOCK_M=p.BLOCK_M, BLOCK_D=p.BLOCK_D, BLOCK_R=p.BLOCK_R),
+                  cc, p.num_warps, p.num_stages)
+print("compiled")
+"""
+
+
+@interpreter_only
+def test_kernels_compile_for_hopper_and_ampere():
+    """Without a GPU the interpreter never compiles the kernels: compile them here, to cubin
+    for sm_90 and sm_80 (Triton's bundled ptxas), in a fresh process without the interpreter:
+    dense (bf16 -> fp32 S, fp64 S), conv (fp16) and project (bf16, fp64; both paths)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0 and "compiled" in out.stdout, out.stderr[-3000:]
 
 
 # --------------------------------------------------------------------------- GPU, full size
