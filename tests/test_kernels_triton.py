@@ -2,8 +2,10 @@
 
 Without a GPU these run on CPU tensors in Triton's interpreter (``TRITON_INTERPRET=1``, set by
 conftest.py, and here too in case this file is run alone), which is slow: the cases are the
-small shared ones. On a CUDA device the same tests run on the GPU, plus larger shapes
-(``test_gpu_*``) that cross many tiles and exercise autotuning and torch.compile.
+small shared ones, plus two checks in fresh processes without the interpreter: the kernels
+compile to sm_90/sm_80 cubin, and torch.compile traces them. On a CUDA device the same tests
+run on the GPU, plus larger shapes (``test_gpu_*``) that cross many tiles and exercise
+autotuning and torch.compile with Inductor.
 
 Tolerances: relative Frobenius error against float64 on the same rounded inputs.
 * accumulate: REL_TOL of S's dtype (fp16/bf16 products are exact in fp32), REL_TOL_TF32 for
