@@ -70,8 +70,27 @@ def _save(res: dict, out: Path) -> None:
     tmp.replace(out / "results.json")
 
 
+def _command(argv: list[str]) -> str:
+    """The command line, with an absolute --out reduced to its last folder (no machine paths
+    in results that get committed)."""
+    parts, prev = [], None
+    for a in argv:
+        if prev == "--out" and os.path.isabs(a):
+            a = ".../" + Path(a).name
+        elif a.startswith("--out=") and os.path.isabs(a[6:]):
+            a = "--out=.../" + Path(a[6:]).name
+        parts.append(a if " " not in a else repr(a))
+        prev = a
+    return "python -m benchmarks.run " + " ".join(parts)
+
+
+_REPO = str(Path(__file__).resolve().parents[1])
+
+
 def _short(msg: str, n: int = 160) -> str:
-    msg = " ".join(str(msg).split())
+    """One line, at most n characters, with this machine's repository and Python prefixes
+    replaced (messages land in results that get committed)."""
+    msg = " ".join(str(msg).split()).replace(_REPO, "<repo>").replace(sys.prefix, "<python>")
     return msg if len(msg) <= n else msg[: n - 3] + "..."
 
 
@@ -210,8 +229,7 @@ def main(argv: list[str] | None = None) -> int:
 
     meta = timing.machine_info(device)
     meta.update(date=today, preset=args.preset, schema=SCHEMA,
-                command="python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None
-                                                                 else argv),
+                command=_command(sys.argv[1:] if argv is None else argv),
                 backend_availability={k: _short(v, 200) for k, v in
                                       dispatch.availability().items()},
                 notes=list(args.note))
