@@ -59,3 +59,10 @@ def test_supports_predicate_moves_auto_on(monkeypatch):
                             (torch.zeros(2, 2), None))[0] == "reference"
     with pytest.raises(RuntimeError, match="does not support"):
         dispatch.resolve("accumulate", torch.device("cpu"), (torch.zeros(2, 2), None), "cpp")
+
+
+def test_measured_reference_choice_is_honoured(monkeypatch):
+    monkeypatch.setattr(dispatch, "_tuned", {"cpu": {"project": "reference"}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert dispatch.resolve("project", torch.device("cpu"))[0] == "reference"

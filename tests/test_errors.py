@@ -103,6 +103,11 @@ def test_nan_or_inf_statistics_are_refused():
         m.collect([x], progress=False)
     torch.testing.assert_close(m.moments["0"].S, S, rtol=0, atol=0)  # the bad batch left no trace
     assert m.moments["0"].n == 8
+    diverged = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    with torch.no_grad():
+        diverged[0].weight[0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"\['1'\] contain NaN or Inf"):
+        uf.SecondMoments(diverged).collect([torch.randn(4, 4)], progress=False)
     m = uf.SecondMoments(model, check_inputs=False)
     m.update("0", torch.full((2, 4), float("inf")))
     with pytest.raises(ValueError, match="NaN or Inf"):

@@ -110,8 +110,8 @@ class SecondMoments:
         dtype: accumulation dtype of S, ``torch.float32`` (default) or ``torch.float64``.
         include_bias: also keep column sums, for bases that cover the bias as a 1-feature.
         backend: force a backend for the accumulate ops (see :mod:`unsc_fast.dispatch`).
-        check_inputs: refuse a batch holding NaN/Inf before it touches S (one device sync
-            per layer and batch; turn off for the last bit of speed on trusted data).
+        check_inputs: in :meth:`collect`, refuse an input batch holding NaN/Inf before the
+            forward, so it leaves no trace (one pass over the batch and one device sync).
     """
 
     model: nn.Module
@@ -135,9 +135,6 @@ class SecondMoments:
     def update(self, name: str, x: Tensor) -> None:
         """Add one batch of inputs ``x`` of layer ``name`` (as the layer receives them)."""
         lm = self.moments[name]
-        if self.check_inputs and not bool(torch.isfinite(x).all()):
-            raise ValueError(f"inputs of layer {name!r} contain NaN or Inf; statistics are"
-                             " unchanged by this batch (check the model and the data)")
         if lm.kind == "conv2d":
             x = x.unsqueeze(0) if x.dim() == 3 else x
             ops.accumulate_conv_(lm.S, x, lm.geometry, backend=self.backend)
@@ -181,13 +178,18 @@ class SecondMoments:
         seen = 0
         try:
             with self.hooks(), _progress(data, progress, "second moments") as batches:
-                for batch in batches:
+                for i, batch in enumerate(batches):
                     x = batch[0] if isinstance(batch, (tuple, list)) else batch
                     if max_samples is not None:
                         x = x[: max(0, max_samples - seen)]
                     if len(x) == 0:
                         break
-                    self.model(x.to(device))
+                    x = x.to(device)
+                    if self.check_inputs and x.is_floating_point() and \
+                            not bool(torch.isfinite(x).all()):
+                        raise ValueError(f"input batch {i} holds NaN or Inf; the statistics"
+                                         " are unchanged by it")
+                    self.model(x)
                     seen += len(x)
         finally:
             self.model.train(was_training)
@@ -197,11 +199,15 @@ class SecondMoments:
         return self
 
     def check_finite(self) -> None:
-        """Raise if any statistic holds NaN or Inf (e.g. from a diverged model)."""
-        bad = [n for n, lm in self.moments.items() if not torch.isfinite(torch.triu(lm.S)).all()]
+        """Raise if any statistic holds NaN or Inf (e.g. from a diverged model).
+
+        The diagonal suffices: a non-finite input x makes Σx² of its feature NaN or Inf.
+        """
+        bad = [n for n, lm in self.moments.items()
+               if not torch.isfinite(torch.diagonal(lm.S, dim1=-2, dim2=-1)).all()]
         if bad:
-            raise ValueError(f"second moments of layers {bad} contain NaN or Inf;"
-                             " check the model and the data")
+            raise ValueError(f"second moments of layers {bad} contain NaN or Inf (inputs"
+                             " were non-finite or overflowed); check the model and the data")
 
     # -- combining and saving -----------------------------------------------------------
     def merge_(self, other: "SecondMoments") -> "SecondMoments":
