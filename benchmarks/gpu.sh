@@ -61,6 +61,7 @@ EOF
 ARCH=$("$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())" 2>/dev/null)
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-${ARCH:-9.0}}"
 export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
+export UNSC_FAST_REQUIRE_CUDA=1  # a CPU-only build on the GPU machine must fail the CUDA tests
 if ! run 300 "$PY" -m pip install --no-build-isolation --no-deps --no-index -e . ; then
   if ! run 300 "$PY" setup.py build_ext --inplace ; then
     log "both builds failed: falling back to the JIT build on first use (UNSC_FAST_JIT=1)"
