@@ -12,7 +12,7 @@ from unsc_fast.models import MODELS, build_model
 from unsc_fast.scenarios import Scenario
 
 TINY = {"small_cnn": 0.25, "mlp": 0.125, "alexnet": 1 / 32, "allcnn": 1 / 24,
-        "vgg11_bn": 1 / 32, "resnet18": 1 / 16}
+        "vgg11_bn": 1 / 32, "resnet18": 1 / 32}
 
 
 def test_every_model_is_covered():
@@ -22,6 +22,8 @@ def test_every_model_is_covered():
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)], ids=["28grey", "32rgb"])
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_model_forward_moments_and_one_unlearning_step(name, shape):
+    if name == "mlp":        # a 3072-wide first layer means a 3072x3072 eigh: keep it small
+        shape = (shape[0], 8, 8)
     torch.manual_seed(0)
     model = build_model(name, shape, 5, width=TINY[name])
     x, y = torch.randn(6, *shape), torch.tensor([0, 1, 2, 3, 4, 0])

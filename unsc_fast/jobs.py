@@ -370,6 +370,10 @@ def compare_job(cfg: Config, out_dir, figures: bool = True) -> dict:
     seeds = cfg["compare.seeds"]
     runs = []
     t0 = time.perf_counter()
+    bar = None
+    if _progress(cfg):
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(seeds) * len(methods), desc="compare", dynamic_ncols=True)
     for seed in seeds:
         original, t_train = _train_original(cfg, data, data.train, seed)
         moments, t_stats = None, 0.0
@@ -392,10 +396,14 @@ def compare_job(cfg: Config, out_dir, figures: bool = True) -> dict:
                 times["total"] += t_stats
             metrics = _eval(cfg, res.model, split, data, seed)
             runs.append(_run_record(m, seed, metrics, times, res.info))
-            if not cfg["quiet"]:
-                print(f"seed {seed} {m}: Acc_r {metrics['acc_r']:.2f}  Acc_f "
-                      f"{metrics['acc_f'] if metrics['acc_f'] is None else round(metrics['acc_f'], 2)}"
-                      f"  ({times['total']:.1f} s)", file=sys.stderr, flush=True)
+            if bar is not None:
+                acc_f = metrics["acc_f"]
+                bar.write(f"seed {seed} {m}: Acc_r {metrics['acc_r']:.2f}, Acc_f"
+                          f" {'-' if acc_f is None else f'{acc_f:.2f}'} ({times['total']:.1f} s)",
+                          file=sys.stderr)
+                bar.update()
+    if bar is not None:
+        bar.close()
     wall = time.perf_counter() - t0
     rep = build_report(command="compare", config=cfg.as_dict(), dataset=_dataset_info(data),
                        model=_model_info(cfg, build_model(cfg["model"], data.input_shape,

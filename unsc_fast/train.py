@@ -23,7 +23,12 @@ def make_optimizer(params, name: str = "adam", lr: float = 1e-3, weight_decay: f
 def train(model: nn.Module, data: Iterable, *, epochs: int = 5, lr: float = 1e-3,
           weight_decay: float = 0.0, progress: bool = True, optimizer: str = "adam",
           momentum: float = 0.9, desc: str = "training") -> nn.Module:
-    """Train ``model`` in place with cross-entropy (Adam by default); returns it in eval mode."""
+    """Train ``model`` in place with cross-entropy (Adam by default); returns it in eval mode.
+
+    A model with both dropout and BatchNorm (e.g. the AlexNet-style CNN) gets its BatchNorm
+    statistics recomputed over ``data`` at the end, in inference mode (see
+    :func:`recalibrate_batchnorm`); models without dropout are left exactly as trained.
+    """
     device = _model_device(model)
     opt = make_optimizer(model.parameters(), optimizer, lr, weight_decay, momentum)
     model.train()
@@ -34,7 +39,48 @@ def train(model: nn.Module, data: Iterable, *, epochs: int = 5, lr: float = 1e-3
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+    if epochs > 0 and _has_dropout_and_bn(model):
+        recalibrate_batchnorm(model, data, progress=progress)
     return model.eval()
+
+
+_BN = nn.modules.batchnorm._BatchNorm
+
+
+def _has_dropout_and_bn(model: nn.Module) -> bool:
+    mods = list(model.modules())
+    return any(isinstance(m, nn.Dropout) and m.p > 0 for m in mods) and \
+        any(isinstance(m, _BN) and m.track_running_stats for m in mods)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, data: Iterable, progress: bool = False
+                          ) -> nn.Module:
+    """Recompute BatchNorm running statistics over ``data`` with dropout off.
+
+    During training a BatchNorm that follows a dropout sees inputs with a larger variance
+    than at inference ("variance shift"); its running statistics then misfit eval mode (on
+    MNIST 5k the AlexNet-style CNN drops from about 97% to about 80% test accuracy). One
+    forward pass in eval mode, BatchNorm layers accumulating a plain average, fixes that.
+    """
+    device = _model_device(model)
+    bns = [m for m in model.modules() if isinstance(m, _BN) and m.track_running_stats]
+    model.eval()
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None          # cumulative average over all batches
+        m.train()
+    try:
+        with _progress(data, progress, "batchnorm statistics") as batches:
+            for batch in batches:
+                x = batch[0] if isinstance(batch, (tuple, list)) else batch
+                model(x.to(device))
+    finally:
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
+        model.eval()
+    return model
 
 
 @torch.no_grad()
