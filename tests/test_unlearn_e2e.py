@@ -7,6 +7,7 @@ from unsc_fast import data as D
 from unsc_fast.metrics import class_accuracies
 from unsc_fast.models import build_model
 from unsc_fast.train import train
+from unsc_fast.unlearn import freeze_for_unlearning
 
 
 def _original(split, seed=0, epochs=4):
@@ -79,3 +80,13 @@ def test_precomputed_bases_skip_statistics():
                      progress=False)
     assert res.report.time_stats == 0.0 and res.bases is not None
     assert set(res.report.ranks) == set(bases)
+
+
+def test_dropout_is_off_while_unlearning_unless_asked():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.5),
+                                torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+    params = freeze_for_unlearning(model, None)
+    assert not model[1].training and not model[2].training and model[0].training
+    assert {id(p) for p in params} == {id(model[0].weight), id(model[3].weight)}
+    freeze_for_unlearning(model, None, dropout=True)
+    assert model[1].training and not model[2].training

@@ -48,8 +48,14 @@ def _batches(data: Iterable):
         yield batch[0], batch[1]
 
 
-def freeze_for_unlearning(model: nn.Module, bases: NullSpace | None) -> list[nn.Parameter]:
-    """Put BatchNorm in eval mode and return the parameters UNSC may change.
+def freeze_for_unlearning(model: nn.Module, bases: NullSpace | None, dropout: bool = False
+                          ) -> list[nn.Parameter]:
+    """Put BatchNorm (and, unless ``dropout``, dropout) in eval mode; return the parameters
+    UNSC may change.
+
+    Dropout is off by default: the bases describe D_r's clean (eval-mode) layer inputs, and a
+    model trained through dropout masks forgets far less (Acc_f 55 % instead of 0 % on
+    MNIST 5k with the AlexNet-style CNN).
 
     Only the weights covered by ``bases`` (and their biases when the bases include the bias
     feature) are trained: an unprojected parameter would move the outputs on D_r.
@@ -57,7 +63,7 @@ def freeze_for_unlearning(model: nn.Module, bases: NullSpace | None) -> list[nn.
     """
     model.train()
     for m in model.modules():
-        if isinstance(m, _BN):
+        if isinstance(m, _BN) or (not dropout and isinstance(m, nn.modules.dropout._DropoutNd)):
             m.eval()
     trainable: list[nn.Parameter] = []
     modules = dict(model.named_modules())
@@ -82,8 +88,8 @@ def unlearn(model: nn.Module, forget: Iterable, retain: Iterable | None = None, 
             moments: SecondMoments | None = None, rule: Rule | str = "energy:0.99",
             lr: float = 0.04, epochs: int = 20, project: bool = True,
             max_retain_samples: int | None = None, include_bias: bool = False,
-            relabel: str = "pseudo", seed: int = 0, backend: str | None = None,
-            progress: bool = True) -> UnlearnResult:
+            relabel: str = "pseudo", seed: int = 0, dropout: bool = False,
+            backend: str | None = None, progress: bool = True) -> UnlearnResult:
     """Make ``model`` forget ``forget`` (D_f) while keeping what it knows of ``retain`` (D_r).
 
     Steps (UNSC): second moments of every layer's inputs over D_r (skipped when ``moments``
@@ -101,6 +107,8 @@ def unlearn(model: nn.Module, forget: Iterable, retain: Iterable | None = None, 
         relabel: ``"pseudo"`` (UNSC: the original model's best allowed class) or
             ``"random"`` (a uniformly random allowed class: the random-label baselines).
         seed: seeds the random labels.
+        dropout: keep dropout active while unlearning (off by default, see
+            :func:`freeze_for_unlearning`).
     Returns:
         ``UnlearnResult(model, bases, report)`` with the unlearned copy.
     """
@@ -144,7 +152,7 @@ def unlearn(model: nn.Module, forget: Iterable, retain: Iterable | None = None, 
     original_mode = original.training
     original.eval()
     unlearned = copy.deepcopy(model)
-    params = freeze_for_unlearning(unlearned, bases if project else None)
+    params = freeze_for_unlearning(unlearned, bases if project else None, dropout)
     if project:
         bases = bases.to(device=device, dtype=params[0].dtype)
     opt = torch.optim.SGD(params, lr=lr, momentum=0.0, weight_decay=0.0)
