@@ -44,6 +44,16 @@ def test_train_writes_a_checkpoint_that_rebuilds(original, tmp_path):
     assert ck.load_checkpoint(tmp_path / "again.pt")[1]["fingerprint"] == meta["fingerprint"]
 
 
+def test_progress_bars_do_not_change_results(tmp_path):
+    # AlexNet has dropout before BN: training ends with a BN recalibration pass over the
+    # shuffled loader, whose order must not depend on whether a bar is drawn.
+    args = ["--dataset", "mnist5k", "--model", "alexnet", "--width", "0.0625", "--epochs", "1"]
+    assert run("train", "--out", tmp_path / "a.pt", *args, "--quiet") == 0
+    assert run("train", "--out", tmp_path / "b.pt", *args) == 0
+    fa = ck.load_checkpoint(tmp_path / "a.pt")[1]["fingerprint"]
+    assert fa == ck.load_checkpoint(tmp_path / "b.pt")[1]["fingerprint"]
+
+
 def test_retrain_baseline_via_exclude_classes(tmp_path, capsys):
     out = tmp_path / "retrain.pt"
     assert run("train", "--out", out, *TINY, "--epochs", "2", "--exclude-classes", "3") == 0

@@ -11,31 +11,9 @@ labels, the loss and the projection.
 
 Why dropout off: the null space is computed from D_r's clean layer inputs, but with dropout
 on, the inputs seen while unlearning are clean + noise, and the noise lies largely in that
-null space; the projected updates then fit the noise instead of moving D_f's clean outputs.
-On MNIST 5k / AlexNet (seed 1) UNSC left Acc_f at 55% with dropout on and 0% with it off.
-``unsc_fast.unlearn`` itself trains in ``model.train()`` mode, so :func:`unsc` hands it a
-copy whose dropout probabilities are zero (restored on the result).
-
-- ``original``: the model as it is (the "before" row).
-- ``retrain``: a fresh model (same seed) trained on D_r with the original's training
-  settings: the gold standard.
-- ``unsc``: :func:`unsc_fast.unlearn` (pseudo-labels, null-space projection).
-- ``finetune``: a few epochs of SGD (momentum 0.9) on D_r only (catastrophic forgetting).
-- ``grad_ascent``: SGD ascending the cross-entropy of D_f (true labels).
-- ``random_labels``: fine-tune on D_f with uniformly random labels among the allowed classes,
-  no projection (``unlearn(..., relabel="random", project=False)``).
-- ``random_labels_proj``: the same labels inside the null space (``relabel="random"``): the
-  ablation that isolates UNSC's pseudo-labels.
-- ``boundary_shrink``: simplified Boundary Shrink (Chen et al., CVPR 2023): each forget
-  sample x gets the label the *original* model gives to its FGSM neighbour
-  ``x + eps * sign(grad_x CE(x, y))`` (the nearest wrong side of the decision boundary),
-  restricted to allowed classes (the own label / forgotten classes masked; the original
-  keeps a failed attack's label); then SGD on (x, neighbour label). No retain data, no
-  projection.
-- ``salun``: SalUn (Fan et al., ICLR 2024), random-label variant: a weight saliency mask
-  (the ``1 - sparsity`` share of weights with the largest |grad| of the D_f loss, one global
-  threshold) and SGD on random-labelled D_f batches plus true-labelled D_r batches, every
-  gradient multiplied by the mask.
+null space; the projected updates then fit the noise instead of moving D_f's clean outputs
+(on MNIST 5k / AlexNet, UNSC's Acc_f stays at 25% on average with dropout on, 0.3% with it
+off; docs/reproduction.md). ``unsc_fast.unlearn`` switches dropout off by default too.
 """
 from __future__ import annotations
 
@@ -121,29 +99,9 @@ def run_method(name: str, task: Task, **hp) -> MethodResult:
     return res
 
 
-def _dropouts(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
-
-
-def _unlearn_without_dropout(model: nn.Module, *args, **kwargs):
-    """``unlearn`` on a copy of ``model`` with every dropout probability set to zero; the
-    returned model gets the original probabilities back."""
-    quiet = copy.deepcopy(model)
-    ps = [d.p for d in _dropouts(quiet)]
-    for d in _dropouts(quiet):
-        d.p = 0.0
-    res = unlearn(quiet, *args, **kwargs)
-    for d, p in zip(_dropouts(res.model), ps):
-        d.p = p
-    return res
-
-
 def _trainable(model: nn.Module) -> list[nn.Parameter]:
     """UNSC's parameter set without projection: BN eval, dropout off, Linear/Conv weights."""
-    params = freeze_for_unlearning(model, None)
-    for d in _dropouts(model):
-        d.eval()
-    return params
+    return freeze_for_unlearning(model, None, dropout=False)
 
 
 def _allowed_labels(task: Task, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -185,17 +143,21 @@ def retrain(task: Task, epochs: int | None = None, lr: float | None = None) -> M
 @register("unsc")
 def unsc(task: Task, lr: float | None = None, epochs: int | None = None,
          rule: str | None = None, max_retain_samples: int | None = None,
-         include_bias: bool | None = None, batch_size: int | None = None) -> MethodResult:
-    """UNSC: pseudo-labels from θ_o, every weight gradient projected onto D_r's null space."""
+         include_bias: bool | None = None, batch_size: int | None = None,
+         dropout: bool = False) -> MethodResult:
+    """UNSC: pseudo-labels from θ_o, every weight gradient projected onto D_r's null space.
+
+    ``dropout=True`` leaves dropout active while unlearning (plain ``model.train()``
+    behaviour); the default switches it off (see the module docstring).
+    """
     u = task.unlearn
-    res = _unlearn_without_dropout(
-                  task.model, task.forget_loader(batch_size), task.retain_loader(256),
+    res = unlearn(task.model, task.forget_loader(batch_size), task.retain_loader(256),
                   forget_classes=task.forget_classes, bases=task.bases, moments=task.moments,
                   rule=rule or u["rule"], lr=lr or u["lr"],
                   epochs=u["epochs"] if epochs is None else epochs,
                   max_retain_samples=max_retain_samples or u.get("max_retain_samples"),
                   include_bias=u.get("include_bias", False) if include_bias is None
-                  else include_bias, seed=task.seed, backend=task.backend,
+                  else include_bias, seed=task.seed, dropout=dropout, backend=task.backend,
                   progress=task.progress)
     r = res.report
     return MethodResult(res.model, {"stats": r.time_stats, "bases": r.time_bases,
@@ -206,8 +168,7 @@ def unsc(task: Task, lr: float | None = None, epochs: int | None = None,
 
 def _random_relabel(task: Task, project: bool, lr, epochs, batch_size) -> MethodResult:
     u = task.unlearn
-    res = _unlearn_without_dropout(
-                  task.model, task.forget_loader(batch_size), task.retain_loader(256),
+    res = unlearn(task.model, task.forget_loader(batch_size), task.retain_loader(256),
                   forget_classes=task.forget_classes, bases=task.bases if project else None,
                   moments=task.moments if project else None, rule=u["rule"],
                   lr=lr or u["lr"], epochs=u["epochs"] if epochs is None else epochs,

@@ -6,6 +6,7 @@ leaves no partial file behind. Results are printed to stdout; progress bars go t
 """
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 import time
@@ -276,7 +277,6 @@ def unlearn_job(cfg: Config, checkpoint, out, *, stats=None, bases=None, method:
     seed = cfg["seed"]
     task = _task(cfg, model, split, seed, moments=moments, bases=null_space)
     hp = dict(cfg["methods"].get(method, {}))
-    import inspect
     accepted = inspect.signature(METHODS[method]).parameters
     for key in ("lr", "epochs", "batch_size"):     # explicit --lr etc. reach any method
         if cfg.is_set(f"unlearn.{key}") and key in accepted and key not in hp:
@@ -323,6 +323,13 @@ def evaluate_job(cfg: Config, checkpoints: list, out=None) -> dict:
     loaded, data = [], None
     for p in checkpoints:
         model, meta, data = _load_model(cfg, p, data)
+        if loaded:                             # one data set and split for every model
+            first_path, _, first = loaded[0]
+            for key in ("dataset", "data_seed"):
+                if meta.get(key) != first.get(key):
+                    raise ck.CheckpointError(
+                        f"checkpoints {str(first_path)!r} and {str(p)!r} were trained with"
+                        f" different {key} ({first.get(key)!r} vs {meta.get(key)!r})")
         loaded.append((p, model, meta))
     split = scenario_split(cfg, data)
     seed = cfg["seed"]
@@ -356,7 +363,6 @@ def compare_job(cfg: Config, out_dir, figures: bool = True) -> dict:
     if "original" not in methods:
         methods.insert(0, "original")
     for m in methods:                          # hyperparameter names checked up front
-        import inspect
         accepted = set(inspect.signature(METHODS[m]).parameters) - {"task"}
         unknown = set(cfg["methods"].get(m, {})) - accepted
         if unknown:

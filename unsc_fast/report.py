@@ -236,7 +236,7 @@ def per_class_png(report: dict, methods: list[str] | None = None) -> bytes:
     ax.set_ylim(0, 105)
     ax.set_title(f"Per-class test accuracy: {report['dataset']['name']},"
                  f" {report['scenario']['description']}")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(fontsize=8, ncols=len(methods), loc="upper center", bbox_to_anchor=(0.5, -0.18))
     return _png(fig)
 
 
@@ -253,7 +253,9 @@ def methods_png(report: dict) -> bytes:
         s = [report["summary"][m][k] for m in methods]
         mean = [v["mean"] if v["mean"] is not None else 0.0 for v in s]
         std = [v["std"] if v["std"] is not None else 0.0 for v in s]
-        ax.bar(x + (i - 1) * w, mean, w, yerr=std, capsize=2, label=label)
+        lo = [min(s_, m_) for s_, m_ in zip(std, mean)]          # bars stay within 0..100
+        hi = [min(s_, 100.0 - m_) for s_, m_ in zip(std, mean)]
+        ax.bar(x + (i - 1) * w, mean, w, yerr=[lo, hi], capsize=2, label=label)
     ax.set_xticks(x, [LABELS.get(m, m) for m in methods], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("%")
     ax.set_ylim(0, 105)

@@ -71,12 +71,22 @@ def recalibrate_batchnorm(model: nn.Module, data: Iterable, progress: bool = Fal
         m.reset_running_stats()
         m.momentum = None          # cumulative average over all batches
         m.train()
+    # The bar counts batches instead of wrapping ``data``: tqdm (4.70) advances a DataLoader's
+    # generator when it wraps it, so a wrapped seeded loader would yield another order.
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(data) if hasattr(data, "__len__") else None,
+                   desc="batchnorm statistics", leave=False, dynamic_ncols=True)
     try:
-        with _progress(data, progress, "batchnorm statistics") as batches:
-            for batch in batches:
-                x = batch[0] if isinstance(batch, (tuple, list)) else batch
-                model(x.to(device))
+        for batch in data:
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            model(x.to(device))
+            if bar is not None:
+                bar.update()
     finally:
+        if bar is not None:
+            bar.close()
         for m, mom in zip(bns, saved):
             m.momentum = mom
         model.eval()
