@@ -166,7 +166,7 @@ def test_errors(original, tmp_path, capsys):
     _fails(capsys, o, "unlearn", "--checkpoint", original, "--out", o / "u.pt", "--forget",
            "12", "--quiet", match="unknown class [12]")
     _fails(capsys, o, "unlearn", "--checkpoint", original, "--out", o / "u.pt", "--scenario",
-           "random", "--fraction", "0.0001", "--quiet", match="0 of")
+           "random", "--fraction", "0.0001", "--quiet", match="forget set is empty")
     _fails(capsys, o, "unlearn", "--checkpoint", original, "--out", o / "u.pt", "--model",
            "small_cnn", "--quiet", match="but the config asks for model='small_cnn'")
     _fails(capsys, o, "unlearn", "--checkpoint", original, "--out", o / "u.pt", "--dataset",

@@ -111,8 +111,11 @@ class Scenario:
         else:
             n = len(data.train)
             count = self.count if self.count is not None else int(round(self.fraction * n))
-            if not 1 <= count < n:
-                raise ValueError(f"random scenario: {count} of {n} training samples to forget")
+            if count < 1:
+                raise ValueError(f"the forget set is empty: the random scenario picks {count}"
+                                 f" of {n} training samples")
+            if count >= n:
+                raise ValueError(f"the random scenario would forget all {n} training samples")
             g = torch.Generator().manual_seed(seed)
             idx = torch.randperm(n, generator=g)[:count].sort().values.tolist()
             retain, forget = index_split(data.train, idx)
