@@ -92,7 +92,8 @@ class Scenario:
         if self.kind in ("class", "classes"):
             return f"class{'es' if len(self.classes) > 1 else ''} {self.classes}"
         if self.kind == "subclass":
-            return f"sub-class: k-means cluster {self.cluster} of {self.k} in class {self.classes[0]}"
+            return (f"sub-class: k-means cluster {self.cluster} of {self.k}"
+                    f" in class {self.classes[0]}")
         n = self.count if self.count is not None else f"{100 * self.fraction:g}%"
         return f"{n} random samples"
 
