@@ -368,8 +368,12 @@ def compare_job(cfg: Config, out_dir, figures: bool = True) -> dict:
         if unknown:
             raise ConfigError(f"[methods.{m}]: unknown hyperparameter(s) {sorted(unknown)};"
                               f" {m} takes {sorted(accepted)}")
-    if figures:
-        import matplotlib  # noqa: F401  (fail before the work, not after)
+    if figures:                                # fail before the work, not after it
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise ImportError("the figures need matplotlib (pip install matplotlib);"
+                              " or pass --no-figures") from None
     data = load_data(cfg)
     build_model(cfg["model"], data.input_shape, data.num_classes, cfg["width"])
     split = scenario_split(cfg, data)
