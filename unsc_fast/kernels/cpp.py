@@ -106,7 +106,7 @@ def accumulate(S: Tensor, X: Tensor) -> Tensor:
 def accumulate_conv(S: Tensor, x: Tensor, geom: ConvGeometry) -> Tensor:
     pad = geom.symmetric_padding
     if pad is None:
-        raise ValueError(f"the cpp backend needs symmetric zero padding, got pad={geom.pad}"
+        raise ValueError(f"the compiled backend needs symmetric zero padding, got pad={geom.pad}"
                          f" padding_mode={geom.padding_mode!r}")
     _ops.accumulate_conv_(S, x, list(geom.kernel_size), list(geom.stride), list(pad),
                           list(geom.dilation), int(geom.groups))
