@@ -1,6 +1,10 @@
-"""Statistics summed over torch.distributed ranks equal statistics of all the data at once."""
+"""UNSC over torch.distributed (2 gloo ranks on CPU, one spawn for all checks, ~10 s):
+summed statistics equal statistics of all the data at once; bases decomposed layer by layer
+across ranks equal single-process bases; FSDP2 row-sharded gradients are projected exactly as
+the full gradients; mismatches between ranks raise on every rank instead of hanging."""
 import os
 import socket
+import traceback
 
 import pytest
 import torch
@@ -9,35 +13,150 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import unsc_fast as uf
+from unsc_fast.distributed import assign_layers
+
+WORLD = 2
 
 
 def _model():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Flatten(), nn.Linear(3 * 5 * 5, 4))
+    # groups=3 with 6 output rows: each rank's FSDP2 shard (3 rows) crosses a group boundary.
+    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1, groups=3), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(6 * 5 * 5, 4)).double()
 
 
-def _worker(rank, world, port, x, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _data():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(8, 3, 5, 5, generator=g, dtype=torch.float64)
+
+
+def _raised(fn) -> str:
     try:
-        m = uf.SecondMoments(_model(), dtype=torch.float64)
-        m.collect([x.chunk(world)[rank]], progress=False).all_reduce_()
-        if rank == 0:
-            torch.save(m.state_dict(), out)
+        fn()
+    except Exception as exc:  # noqa: BLE001  (the test compares type and message)
+        return f"{type(exc).__name__}: {exc}"
+    return "no error"
+
+
+def _worker(rank, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    res = {}
+    try:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.tensor import Shard, distribute_tensor
+        x = _data()
+        # 1. statistics of this rank's half, summed; 16-row blocks and a tiny bucket make the
+        # packing cut S into many block rows and buckets.
+        uf.distributed._BLOCK = 16
+        m = uf.SecondMoments(_model(), dtype=torch.float64, include_bias=True)
+        m.collect([x.chunk(WORLD)[rank]], progress=False).all_reduce_(bucket_mb=1e-3)
+        res["moments"] = m.state_dict()
+        # 2. bases, each layer decomposed by its owner and broadcast.
+        bases = uf.NullSpace.from_moments(m, "energy:0.9", distribute=True,
+                                          dtype=torch.float64)
+        res["bases"] = bases.state_dict()
+        # 3. FSDP2: both ranks see the same batch, so the reduced gradient is the full one.
+        model = _model()
+        mesh = init_device_mesh("cpu", (WORLD,))
+        for layer in (model[0], model[3]):
+            fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        model(x).square().sum().backward()
+        uf.project_(model, bases)
+        res["fsdp_grads"] = {n: p.grad.full_tensor() for n, p in model.named_parameters()}
+        # 4. a column-sharded gradient cannot be projected row by row.
+        w = nn.Parameter(distribute_tensor(torch.randn(4, 6), mesh, [Shard(1)]))
+        w.grad = distribute_tensor(torch.randn(4, 6), mesh, [Shard(1)])
+        one = uf.NullSpace({"l": uf.LayerBasis("linear", 6, [torch.eye(6)[:, :2]], [True],
+                                                 [2])})
+        res["shard1"] = _raised(lambda: uf.project_({"l.weight": w}, one))
+        # 5. statistics not summed (different row counts): every rank refuses.
+        unsummed = uf.SecondMoments(_model(), dtype=torch.float64)
+        unsummed.collect([x[: 2 + rank]], progress=False)
+        res["unsummed"] = _raised(lambda: uf.NullSpace.from_moments(unsummed, distribute=True))
+        # 6. different layers per rank: all_reduce_ refuses on every rank.
+        layers = ["3"] if rank else None
+        res["layers"] = _raised(lambda: uf.SecondMoments(_model(), layers=layers).all_reduce_())
+        # 7. the owner of the only layer fails (no data): the other rank raises too.
+        empty = uf.SecondMoments(nn.Linear(3, 2))
+        res["owner_fails"] = _raised(lambda: uf.NullSpace.from_moments(empty, distribute=True))
+    except Exception:  # noqa: BLE001  (reported by the parent)
+        res["crash"] = traceback.format_exc()
     finally:
+        torch.save(res, os.path.join(out_dir, f"rank{rank}.pt"))
         dist.destroy_process_group()
 
 
-@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not built")
-def test_all_reduce_sums_statistics(tmp_path):
-    x = torch.randn(6, 2, 5, 5)
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not built")
+    out = tmp_path_factory.mktemp("dist")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    out = tmp_path / "rank0.pt"
-    mp.start_processes(_worker, args=(2, port, x, str(out)), nprocs=2, start_method="spawn")
-    reduced = torch.load(out, weights_only=False)
-    full = uf.SecondMoments(_model(), dtype=torch.float64).collect([x], progress=False)
-    for name, lm in full.moments.items():
-        torch.testing.assert_close(reduced[name]["S"], torch.triu(lm.S))
-        assert reduced[name]["n"] == lm.n
+    mp.start_processes(_worker, args=(port, str(out)), nprocs=WORLD, start_method="spawn")
+    res = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    for r in res:
+        assert "crash" not in r, r["crash"]
+    return res
+
+
+def test_all_reduce_sums_statistics(ranks):
+    full = uf.SecondMoments(_model(), dtype=torch.float64, include_bias=True)
+    full.collect([_data()], progress=False)
+    for res in ranks:
+        for name, lm in full.moments.items():
+            got = res["moments"][name]
+            torch.testing.assert_close(torch.triu(got["S"]), torch.triu(lm.S))
+            torch.testing.assert_close(got["colsum"], lm.colsum)
+            assert got["n"] == lm.n
+
+
+def test_distributed_bases_equal_single_process(ranks):
+    full = uf.SecondMoments(_model(), dtype=torch.float64, include_bias=True)
+    expected_t, expected_meta = uf.NullSpace.from_moments(
+        full.collect([_data()], progress=False), "energy:0.9", dtype=torch.float64).state_dict()
+    for res in ranks:
+        tensors, meta = res["bases"]
+        assert meta == expected_meta
+        for key, B in expected_t.items():
+            # Same input, same eigh: equal up to each eigenvector's sign.
+            torch.testing.assert_close(tensors[key] @ tensors[key].T, B @ B.T)
+
+
+def test_fsdp2_row_shards_project_like_full_gradients(ranks):
+    tensors, meta = ranks[0]["bases"]
+    bases = uf.NullSpace({n: uf.LayerBasis(m["kind"], m["d"],
+                                           [tensors[f"{n}/{g}"] for g in range(len(m["ranks"]))],
+                                           m["subtract"], m["ranks"], m["include_bias"])
+                          for n, m in meta.items()})
+    model = _model()
+    model(_data()).square().sum().backward()
+    uf.project_(model, bases)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(ranks[0]["fsdp_grads"][name], p.grad, rtol=1e-9, atol=1e-9)
+    # The projection did something: the raw gradient differs.
+    raw = _model()
+    raw(_data()).square().sum().backward()
+    assert not torch.allclose(raw[0].weight.grad, model[0].weight.grad)
+
+
+def test_mismatches_raise_on_every_rank(ranks):
+    for rank, res in enumerate(ranks):
+        assert res["shard1"].startswith("ValueError") and "Shard(0)" in res["shard1"]
+        assert res["unsummed"].startswith("ValueError") and "all_reduce_" in res["unsummed"]
+        assert res["layers"].startswith("ValueError") and "different layers" in res["layers"]
+        if rank == 0:  # owner of the only layer
+            assert res["owner_fails"].startswith("ValueError") and "empty" in res["owner_fails"]
+        else:
+            assert res["owner_fails"].startswith("RuntimeError") and "[0]" in res["owner_fails"]
+
+
+def test_assign_layers_balances_cost():
+    owner = assign_layers([8.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0], 2)
+    load = [sum(c for c, o in zip([8.0] + [1.0] * 8, owner) if o == r) for r in range(2)]
+    assert sorted(load) == [8.0, 8.0]
+    assert assign_layers([1.0, 2.0], 4) == [1, 0]

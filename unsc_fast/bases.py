@@ -16,7 +16,7 @@ from torch import Tensor
 
 from . import reference as ref
 from .io import atomic_save
-from .stats import SecondMoments
+from .stats import LayerMoments, SecondMoments
 
 # -- rank rules ------------------------------------------------------------------------------
 
@@ -135,6 +135,27 @@ def _basis_from(evals: Tensor, evecs: Tensor, r: int, store: str) -> tuple[Tenso
     return (evecs[:, :r] if subtract else evecs[:, r:]).contiguous(), subtract
 
 
+def layer_basis(name: str, lm: LayerMoments, rule: Rule, *, include_bias: bool = False,
+                store: str = "auto", dtype: torch.dtype = torch.float32) -> LayerBasis:
+    """The bases of one layer's statistics: eigh of C = S/n per group, then the rank rule."""
+    try:
+        C = lm.covariance(include_bias)
+    except ValueError as exc:
+        raise ValueError(f"layer {name!r}: {exc}") from None
+    bases, subs, ranks = [], [], []
+    for Cg in C:
+        try:
+            evals, evecs = ref.eigh_desc(Cg)
+        except torch.linalg.LinAlgError as exc:
+            raise torch.linalg.LinAlgError(f"layer {name!r}: {exc}") from None
+        r = rule.rank(evals)
+        B, sub = _basis_from(evals, evecs, r, store)
+        bases.append(B.to(dtype))
+        subs.append(sub)
+        ranks.append(r)
+    return LayerBasis(lm.kind, C.shape[-1], bases, subs, ranks, include_bias)
+
+
 class NullSpace(Mapping[str, LayerBasis]):
     """The per-layer bases that define where UNSC's updates may go, keyed by module name.
 
@@ -163,36 +184,29 @@ class NullSpace(Mapping[str, LayerBasis]):
     @classmethod
     def from_moments(cls, moments: SecondMoments, rule: Rule | str = Energy(0.99), *,
                      include_bias: bool | None = None, store: str = "auto",
-                     dtype: torch.dtype = torch.float32) -> "NullSpace":
+                     dtype: torch.dtype = torch.float32, distribute: bool = False,
+                     group=None) -> "NullSpace":
         """Bases of every layer of ``moments`` under a rank rule (default ε = 0.99).
 
         ``store``: ``"auto"`` keeps the smaller of U_r and U_0, ``"core"`` or ``"null"`` force
         one. ``dtype`` is that of the stored bases (decomposition is float64 regardless).
+        ``distribute=True`` (``torch.distributed`` initialised, statistics already summed with
+        :meth:`SecondMoments.all_reduce_`): each rank of ``group`` decomposes a share of the
+        layers and broadcasts them, so every rank ends with the same bases in about 1/world of
+        the time (see :mod:`unsc_fast.distributed`).
         """
         rule = parse_rule(rule)
         if store not in ("auto", "core", "null"):
             raise ValueError(f"store must be 'auto', 'core' or 'null', got {store!r}")
         include_bias = moments.include_bias if include_bias is None else include_bias
         moments.check_finite()
-        layers = {}
-        for name, lm in moments.moments.items():
-            try:
-                C = lm.covariance(include_bias)
-            except ValueError as exc:
-                raise ValueError(f"layer {name!r}: {exc}") from None
-            bases, subs, ranks = [], [], []
-            for Cg in C:
-                try:
-                    evals, evecs = ref.eigh_desc(Cg)
-                except torch.linalg.LinAlgError as exc:
-                    raise torch.linalg.LinAlgError(f"layer {name!r}: {exc}") from None
-                r = rule.rank(evals)
-                B, sub = _basis_from(evals, evecs, r, store)
-                bases.append(B.to(dtype))
-                subs.append(sub)
-                ranks.append(r)
-            layers[name] = LayerBasis(lm.kind, C.shape[-1], bases, subs, ranks, include_bias)
-        return cls(layers)
+        if distribute:
+            from .distributed import distributed_bases
+            return cls(distributed_bases(moments, rule, include_bias=include_bias, store=store,
+                                         dtype=dtype, group=group))
+        return cls({name: layer_basis(name, lm, rule, include_bias=include_bias, store=store,
+                                      dtype=dtype)
+                    for name, lm in moments.moments.items()})
 
     @classmethod
     def grow(cls, per_step: Sequence[SecondMoments],

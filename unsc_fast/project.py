@@ -1,6 +1,7 @@
 """``project_``: the call a user puts between ``loss.backward()`` and ``optimizer.step()``."""
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 
 import torch
@@ -8,6 +9,7 @@ from torch import Tensor, nn
 
 from . import ops
 from .bases import LayerBasis, NullSpace
+from .distributed import local_rows
 
 
 def _params_by_module(model_or_params: nn.Module | Mapping[str, Tensor] | Iterable
@@ -36,6 +38,11 @@ def project_(model_or_params: nn.Module | Mapping[str, Tensor] | Iterable[tuple[
     an SGD step leaves the layer's outputs on D_r (nearly) unchanged. Parameters whose
     ``.grad`` is None are skipped. Every layer is checked before any gradient is touched.
 
+    Distributed: with DDP pass the wrapped module (``ddp.module``); each rank projects its
+    copy of the all-reduced gradients. With FSDP2 (``fully_shard``) the gradients are DTensors
+    sharded by rows and each rank projects its own rows, with no communication (a row's
+    projection needs only that row and the basis).
+
     Example::
 
         loss.backward()
@@ -54,27 +61,47 @@ def project_(model_or_params: nn.Module | Mapping[str, Tensor] | Iterable[tuple[
         W, b = params[name]["weight"], params[name].get("bias")
         if W.grad is None:
             continue
-        G = _gradient_matrix(name, lb, W, b)
-        for g, rows in enumerate(G.chunk(lb.groups, 0)):
-            grads.append(rows)
-            mats.append(lb.bases[g])
-            subtract.append(lb.subtract[g])
-        if G.data_ptr() != W.grad.data_ptr() or lb.include_bias:
-            write_back.append((G, W, b))
+        # Rows are projected independently, so a row shard (FSDP2) is projected locally.
+        grad, row0 = local_rows(W.grad, name)
+        bgrad = _bias_rows(name, lb, b, grad, row0)
+        G = _gradient_matrix(name, lb, grad, bgrad, W.grad.shape[0])
+        per_group = W.grad.shape[0] // lb.groups
+        for g in range(lb.groups):
+            lo, hi = max(row0, g * per_group), min(row0 + len(G), (g + 1) * per_group)
+            if hi > lo:
+                grads.append(G[lo - row0:hi - row0])
+                mats.append(lb.bases[g])
+                subtract.append(lb.subtract[g])
+        if G.data_ptr() != grad.data_ptr() or bgrad is not None:
+            write_back.append((G, grad, bgrad))
     ops.project_(grads, mats, subtract, backend=backend)
-    for G, W, b in write_back:
-        k = W.grad[0].numel()
-        W.grad.copy_(G[:, :k].view_as(W.grad))
-        if b is not None and b.grad is not None and G.shape[1] > k:
-            b.grad.copy_(G[:, k])
+    for G, grad, bgrad in write_back:
+        k = grad[0].numel() if len(grad) else 0
+        grad.copy_(G[:, :k].view_as(grad))
+        if bgrad is not None:
+            bgrad.copy_(G[:, k])
 
 
-def _gradient_matrix(name: str, lb: LayerBasis, W: Tensor, b: Tensor | None) -> Tensor:
-    """The (out, d) gradient of one layer: a view of ``W.grad`` where possible, a copy (with
-    the bias column appended) otherwise. Validates against the basis first."""
-    grad = W.grad
-    out = grad.shape[0]
-    k = grad[0].numel() if out else 0
+def _bias_rows(name: str, lb: LayerBasis, b: Tensor | None, grad: Tensor, row0: int
+               ) -> Tensor | None:
+    """The local bias gradient that goes with the local weight rows, when the bases cover it."""
+    if not lb.include_bias:
+        return None
+    if b is None or b.grad is None:
+        raise ValueError(f"layer {name!r}: bases include the bias but it has no gradient")
+    bgrad, b0 = local_rows(b.grad, name)
+    if b0 != row0 or len(bgrad) != len(grad):
+        raise ValueError(f"layer {name!r}: the local shards of weight (rows {row0}.."
+                         f"{row0 + len(grad)}) and bias (rows {b0}..{b0 + len(bgrad)}) differ")
+    return bgrad
+
+
+def _gradient_matrix(name: str, lb: LayerBasis, grad: Tensor, bgrad: Tensor | None,
+                     out: int) -> Tensor:
+    """The (rows, d) gradient of one layer (its local rows of ``out``): a view of ``grad``
+    where possible, a copy (with the bias column appended) otherwise. Validates first."""
+    rows = grad.shape[0]
+    k = grad[0].numel() if rows else math.prod(grad.shape[1:])
     d = k + (1 if lb.include_bias else 0)
     if d != lb.d:
         raise ValueError(f"layer {name!r}: gradient has {k} input features"
@@ -88,10 +115,8 @@ def _gradient_matrix(name: str, lb: LayerBasis, W: Tensor, b: Tensor | None) -> 
     if grad.device != lb.device:
         raise ValueError(f"layer {name!r}: gradient is on {grad.device}, basis on {lb.device};"
                          " use bases.to(device)")
-    if lb.include_bias:
-        if b is None or b.grad is None:
-            raise ValueError(f"layer {name!r}: bases include the bias but it has no gradient")
-        return torch.cat([grad.reshape(out, k), b.grad.view(out, 1)], 1)
+    if bgrad is not None:
+        return torch.cat([grad.reshape(rows, k), bgrad.view(rows, 1)], 1)
     if grad.is_contiguous():
-        return grad.view(out, k)
-    return grad.reshape(out, k).contiguous()
+        return grad.view(rows, k)
+    return grad.reshape(rows, k).contiguous()

@@ -225,19 +225,15 @@ class SecondMoments:
                 lm.colsum += o.colsum.to(lm.colsum)
         return self
 
-    def all_reduce_(self, group=None) -> "SecondMoments":
-        """Sum the statistics over all ranks of ``torch.distributed`` (one call per layer)."""
-        import torch.distributed as dist
-        for lm in self.moments.values():
-            S = torch.triu(lm.S)  # the lower triangle may differ between backends
-            dist.all_reduce(S, group=group)
-            lm.S.copy_(S)
-            n = torch.tensor([float(lm.n)], dtype=torch.float64, device=lm.S.device)
-            dist.all_reduce(n, group=group)
-            lm.n = int(n.item())
-            if lm.colsum is not None:
-                dist.all_reduce(lm.colsum, group=group)
-        return self
+    def all_reduce_(self, group=None, bucket_mb: float = 64.0) -> "SecondMoments":
+        """Sum the statistics over the ranks of ``torch.distributed`` ``group``, in place.
+
+        Only the upper triangle of each S travels, in buckets of at most ``bucket_mb`` MiB;
+        ranks holding different layers or shapes raise instead of hanging. See
+        :func:`unsc_fast.distributed.all_reduce_moments_`.
+        """
+        from .distributed import all_reduce_moments_
+        return all_reduce_moments_(self, group=group, bucket_mb=bucket_mb)
 
     def state_dict(self) -> dict:
         return {name: {"kind": lm.kind, "S": torch.triu(lm.S), "n": lm.n, "colsum": lm.colsum,
