@@ -4,6 +4,8 @@ across ranks equal single-process bases; FSDP2 row-sharded gradients are project
 the full gradients; mismatches between ranks raise on every rank instead of hanging."""
 import os
 import socket
+import subprocess
+import sys
 import traceback
 
 import pytest
@@ -160,3 +162,19 @@ def test_assign_layers_balances_cost():
     load = [sum(c for c, o in zip([8.0] + [1.0] * 8, owner) if o == r) for r in range(2)]
     assert sorted(load) == [8.0, 8.0]
     assert assign_layers([1.0, 2.0], 4) == [1, 0]
+
+
+def test_distributed_example_runs():
+    """examples/distributed.py, as README.md tells users to launch it (torchrun, 2 ranks)."""
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not built")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           "2", os.path.join(root, "examples", "distributed.py")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("world 2:"))
+    still = int(line.split("forgotten, ")[1].split("%")[0])
+    moved = float(line.rsplit("moved by ", 1)[1].split()[0])
+    assert still <= 5 and moved < 1e-4, line

@@ -14,12 +14,12 @@ from .ops import accumulate_, accumulate_conv_
 from .project import project_
 from .reference import ConvGeometry, pseudo_labels
 from .stats import LayerMoments, SecondMoments
-from .unlearn import UnlearnReport, UnlearnResult, unlearn
+from .unlearn import UnlearnReport, UnlearnResult, freeze_for_unlearning, unlearn
 
 __version__ = "0.1.0"
 __all__ = [
     "SecondMoments", "LayerMoments", "NullSpace", "LayerBasis", "Energy", "EigenFloor",
     "Threshold", "FixedRank", "parse_rule", "project_", "unlearn", "UnlearnResult",
-    "UnlearnReport", "pseudo_labels", "accumulate_", "accumulate_conv_", "ConvGeometry",
-    "dispatch", "ops", "reference",
+    "UnlearnReport", "freeze_for_unlearning", "pseudo_labels", "accumulate_",
+    "accumulate_conv_", "ConvGeometry", "dispatch", "ops", "reference",
 ]
