@@ -74,3 +74,22 @@ def test_run_smoke_writes_the_schema(tmp_path):
 
     for name in ("summary.md", "table.md"):
         assert (tmp_path / name).read_text().strip()
+
+
+def test_distributed_benchmark_smoke(tmp_path):
+    """benchmarks.distributed on 2 gloo ranks, one tiny layer set, one repetition (~8 s)."""
+    import torch.distributed as dist
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not built")
+    from benchmarks import distributed
+    distributed.main(["--model", "resnet18", "--layers", "2", "--world", "2", "--reps", "1",
+                      "--out", str(tmp_path)])
+    res = json.loads((tmp_path / "distributed.json").read_text())
+    assert res["world"] == 2 and res["layers"] == 2 and res["d_max"] == 576
+    steps = res["results"]
+    full, packed = steps["all_reduce"].values()
+    assert packed["bytes"] < full["bytes"]  # only the upper block rows travel
+    for impls in steps.values():
+        for v in impls.values():
+            assert v["median_s"] > 0
+    assert (tmp_path / "distributed.md").read_text().startswith("### unsc_fast distributed")

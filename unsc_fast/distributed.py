@@ -25,7 +25,13 @@ from torch import Tensor
 
 from .stats import SecondMoments
 
-_BLOCK = 256  # block-row height of S's packed upper triangle
+_BLOCK = 256  # largest block-row height of S's packed upper triangle
+
+
+def _block_rows(d: int) -> int:
+    """About 16 block rows a matrix: the lower half of the diagonal blocks, sent as zeros,
+    stays near 1/32 of S; at least 32 rows a block, so small S take few copies."""
+    return min(_BLOCK, max(32, d // 16))
 
 
 def _dist():
@@ -73,8 +79,9 @@ def _segments(moments: SecondMoments) -> list[tuple[Tensor, Callable[[Tensor], N
     for lm in moments.moments.values():
         for g in range(lm.groups):
             S, d = lm.S[g], lm.dim
-            for i0 in range(0, d, _BLOCK):
-                view = S[i0:i0 + _BLOCK, i0:]
+            h = _block_rows(d)
+            for i0 in range(0, d, h):
+                view = S[i0:i0 + h, i0:]
                 segs.append((view, view.copy_))
             if lm.colsum is not None:
                 segs.append((lm.colsum[g], lm.colsum[g].copy_))
