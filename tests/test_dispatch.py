@@ -66,3 +66,21 @@ def test_measured_reference_choice_is_honoured(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert dispatch.resolve("project", torch.device("cpu"))[0] == "reference"
+
+
+def test_cuda_auto_runs_only_measured_kernels(monkeypatch):
+    """Without a measured "cuda" row, auto on CUDA is the reference, silently, even where the
+    CUDA and Triton backends load; with one, the measured backend is chosen."""
+    cuda = torch.device("cuda")  # resolve() looks at the device type only
+    monkeypatch.setattr(dispatch, "_registry", dict(dispatch._registry))
+    monkeypatch.setattr(dispatch, "_loaded", set(dispatch._loaded) | {"cuda", "triton"})
+    monkeypatch.setattr(dispatch, "_warned", set())
+    fake = lambda *args: None  # noqa: E731
+    for backend in ("cuda", "triton"):
+        dispatch.register("project", backend, ("cuda",))(fake)
+    monkeypatch.setattr(dispatch, "_tuned", {"cpu": {"project": "cpp"}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert dispatch.resolve("project", cuda)[0] == "reference"
+    monkeypatch.setattr(dispatch, "_tuned", {"cuda": {"project": "triton"}})
+    assert dispatch.resolve("project", cuda) == ("triton", fake)

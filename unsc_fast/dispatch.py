@@ -9,7 +9,8 @@ Selection, first match wins:
 1. the ``backend=`` argument of the call;
 2. the ``UNSC_FAST_BACKEND`` environment variable;
 3. ``auto``: the measured table ``tuned.json`` (written by ``python -m benchmarks.tune``),
-   else the compiled backends in a fixed order, else the reference.
+   else on CPU the compiled backend, else the reference (on CUDA: the reference until the
+   table has a measured "cuda" row).
 """
 from __future__ import annotations
 
@@ -33,10 +34,13 @@ _MODULES = {
     "cuda": "unsc_fast.kernels.cuda",
     "triton": "unsc_fast.kernels.triton",
 }
-# Without a measured table: compiled first, the reference last.
+# Without a measured table entry: the compiled backend first, the reference last. On CUDA the
+# reference (cuBLAS) until a GPU run of benchmarks/gpu.sh has checked and timed the CUDA and
+# Triton kernels and `benchmarks.tune` has written the "cuda" row of tuned.json: `auto` never
+# runs kernels that were not measured on that device kind. backend="cuda"/"triton" opt in.
 _DEFAULT_ORDER = {
     "cpu": ("cpp", "reference"),
-    "cuda": ("cuda", "triton", "reference"),
+    "cuda": ("reference",),
 }
 _TUNED_PATH = Path(__file__).with_name("tuned.json")
 
