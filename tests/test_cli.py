@@ -134,7 +134,7 @@ def test_config_file_then_flags(tmp_path):
 @pytest.mark.parametrize("text,match", [
     ("modle = 'mlp'\n", "unknown config key 'modle'"),
     ("[unlearn]\nepoch = 3\n", "unknown config key 'unlearn.epoch'"),
-    ("[unlearn]\nepochs = -1\n", "non-negative"),
+    ("[unlearn]\nepochs = -1\n", "must be a positive integer"),
     ("[methods.forget_all]\nlr = 1\n", "unknown method"),
     ("width = [\n", "not valid TOML"),
     ("[unlearn]\nrule = 'energy:2'\n", "eps"),
@@ -237,3 +237,176 @@ def test_exit_codes_of_a_real_process(tmp_path):
     for sub in ("demo", "train", "stats", "unlearn", "evaluate", "compare"):
         assert sub in p.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+# -- bad input found in review: each is one line on stderr, exit 1, nothing written -------------
+
+def _one_line_error(capsys, *args, match: str) -> str:
+    assert run(*args) == 1
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "error:" in lines[0] and match in lines[0], err
+    return lines[0]
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--dataset", "nope"], "unsc-fast demo: error: unknown dataset 'nope'"),
+    (["--model", "nope"], "unknown model 'nope'"),
+    (["--epochs", "-1"], "unlearn.epochs (--epochs) must be a positive integer"),
+    (["--lr", "nan"], "unlearn.lr (--lr) must be a positive (finite) number"),
+    (["--batch-size", "0"], "must be a positive integer"),
+    (["--rule", "energy:5"], "energy eps"),
+    (["--forget", "3", "3"], "more than once"),
+    (["--forget", "12"], "unknown class [12]"),
+    (["--forget", *map(str, range(10))], "every class would be forgotten"),
+])
+def test_demo_bad_input_is_one_line_before_any_training(capsys, args, match):
+    # --train-epochs 50 would take long: every check must come before the training
+    _one_line_error(capsys, "demo", "--dataset", "synthetic", "--model", "mlp",
+                    "--train-epochs", "50", "--quiet", *args, match=match)
+
+
+@pytest.mark.parametrize("text,match", [
+    ("quiet = 'yes'\n", "quiet (--quiet) must be true or false"),
+    ("[evaluate]\nmia = 'no'\n", "evaluate.mia (--no-mia) must be true or false"),
+    ("[unlearn]\ninclude_bias = 'no'\n", "must be true or false"),
+    ("data_root = 5\n", "data_root (--data-root) must be a string"),
+    ("[unlearn]\nlr = inf\n", "must be a positive (finite) number"),
+    ("[unlearn]\nepochs = 0\n", "must be a positive integer"),
+    ("[train]\nepochs = 0\n", "must be a positive integer"),
+    ("[train]\nmomentum = 1.5\n", "train.momentum must be a number in [0, 1)"),
+    ("[unlearn]\nmax_retain_samples = -5\n", "must be a positive integer"),
+    ("[scenario]\nkind = 'random'\nfraction = '0.1'\n", "must be a number in (0, 1)"),
+    ("[scenario]\nkind = 'random'\ncount = 2.5\n", "must be a positive integer"),
+    ("[scenario]\nkind = 'random'\ncount = 5\nfraction = 0.1\n", "not both"),
+    ("[scenario]\nclasses = [3, 3]\n", "more than once"),
+    ("[scenario]\nk = 1\n", "scenario.k"),
+    ("[scenario]\nkind = 'all'\n", "scenario.kind (--scenario) must be one of"),
+    ("[methods.finetune]\nlr = 'fast'\n", "[methods.finetune] lr must be a finite number"),
+    ("[methods.finetune]\nlrr = 0.1\n", "unknown hyperparameter(s) ['lrr']"),
+    ("[methods.salun]\nsparsity = 1.5\n", "sparsity must be a number in [0, 1)"),
+    ("[methods.unsc]\ndropout = 1\n", "dropout must be true or false"),
+    ("[methods.unsc]\nrule = 'x'\n", "bad rank rule"),
+    ("backend = 'nope'\n", "unknown backend 'nope'"),
+])
+def test_config_types_and_ranges(tmp_path, text, match):
+    f = tmp_path / "bad.toml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as exc:
+        build_config(f, {})
+    assert match in str(exc.value)
+
+
+def test_scenario_flags_that_conflict(tmp_path):
+    with pytest.raises(ConfigError, match="not both"):
+        build_config(None, {"scenario": "random", "count": 5, "fraction": 0.1})
+    with pytest.raises(ConfigError, match="--count does not apply to the 'class' scenario"):
+        build_config(None, {"count": 5})
+    with pytest.raises(ConfigError, match="--forget does not apply to the 'random'"):
+        build_config(None, {"scenario": "random", "fraction": 0.1, "forget": [3]})
+    with pytest.raises(ConfigError, match="--subclass-k does not apply"):
+        build_config(None, {"subclass_k": 4})
+    f = tmp_path / "r.toml"
+    f.write_text("[scenario]\nkind = 'random'\ncount = 5\n")
+    cfg = build_config(f, {"fraction": 0.1})                  # the flag replaces the file's
+    assert cfg["scenario.fraction"] == 0.1 and cfg["scenario.count"] is None
+    assert build_config(None, {"forget": [5, 2]})["scenario.classes"] == [2, 5]  # one spelling
+
+
+@pytest.fixture(scope="module")
+def files(original, tmp_path_factory):
+    """Statistics, bases and two unlearned checkpoints (different classes) of `original`."""
+    d = tmp_path_factory.mktemp("files")
+    assert run("stats", "--checkpoint", original, "--out", d / "st.pt", "--bases-out",
+               d / "b.safetensors", "--quiet") == 0
+    for c in (3, 5):
+        assert run("unlearn", "--checkpoint", original, "--out", d / f"u{c}.pt", "--forget",
+                   c, "--epochs", "1", "--quiet") == 0
+    return d
+
+
+def test_an_output_never_overwrites_an_input(original, files, tmp_path, capsys):
+    o = tmp_path
+    before = original.read_bytes()
+    _fails(capsys, o, "unlearn", "--checkpoint", original, "--out", original, "--quiet",
+           match="is also the input --checkpoint")
+    _fails(capsys, o, "unlearn", "--checkpoint", original, "--out", o / "u.pt",
+           "--bases-out", o / "u.pt", "--quiet", match="are the same file")
+    _fails(capsys, o, "stats", "--checkpoint", original, "--out", o / "s.pt", "--bases-out",
+           o / "." / "s.pt", "--quiet", match="are the same file")
+    _fails(capsys, o, "unlearn", "--checkpoint", original, "--out", files / "st.pt", "--stats",
+           files / "st.pt", "--quiet", match="is also the input --stats")
+    assert original.read_bytes() == before
+
+
+def test_saved_statistics_and_bases_must_fit_the_job(original, files, tmp_path, capsys):
+    o = tmp_path
+    _fails(capsys, o, "unlearn", "--checkpoint", original, "--out", o / "u.pt", "--stats",
+           files / "st.pt", "--include-bias", "--quiet", match="include_bias=False")
+    _fails(capsys, o, "unlearn", "--checkpoint", original, "--out", o / "u.pt", "--stats",
+           files / "st.pt", "--max-retain-samples", "10", "--quiet",
+           match="max_retain_samples=None")
+    _fails(capsys, o, "unlearn", "--checkpoint", original, "--out", o / "u.pt", "--bases",
+           files / "b.safetensors", "--rule", "rank:2", "--quiet", match="rule='energy:0.99'")
+    _fails(capsys, o, "unlearn", "--checkpoint", original, "--out", o / "u.pt", "--stats",
+           files / "st.pt", "--method", "finetune", "--quiet", match="uses no statistics")
+    _fails(capsys, o, "unlearn", "--checkpoint", original, "--out", o / "u.pt", "--method",
+           "random_labels_proj", "--bases-out", o / "b.pt", "--quiet", match="saves no bases")
+    # a file of the wrong kind says what it is and where it goes
+    _fails(capsys, o, "unlearn", "--checkpoint", files / "st.pt", "--out", o / "u.pt",
+           "--quiet", match="holds second moments from `stats` (pass it as --stats)")
+    _fails(capsys, o, "unlearn", "--checkpoint", original, "--out", o / "u.pt", "--bases",
+           original, "--quiet", match="holds a model checkpoint (pass it as --checkpoint)")
+    _fails(capsys, o, "unlearn", "--checkpoint", original, "--out", o / "u.pt", "--stats",
+           files / "b.safetensors", "--quiet", match="holds bases (from --bases-out)")
+    _fails(capsys, o, "unlearn", "--checkpoint", original, "--out", o / "u.pt", "--bases",
+           o / "missing.pt", "--quiet", match="bases file")
+    (o / "junk.pt").write_bytes(b"junk\n")
+    _fails(capsys, o, "evaluate", "--checkpoint", o / "junk.pt", "--quiet",
+           match="cannot be read as a torch file (corrupt or not written by unsc-fast?)")
+
+
+def test_evaluate_checkpoints_that_forgot_different_things(original, files, tmp_path, capsys):
+    o = tmp_path
+    _fails(capsys, o, "evaluate", "--checkpoint", original, files / "u3.pt", files / "u5.pt",
+           "--no-mia", "--quiet", match="forgot different things (class [3] vs class [5])")
+    ev = o / "ev.json"
+    assert run("evaluate", "--checkpoint", original, files / "u3.pt", files / "u5.pt",
+               "--forget", "5", "--no-mia", "--out", ev, "--quiet") == 0
+    r = json.loads(ev.read_text())
+    assert r["scenario"]["forget_classes"] == [5] and r["model"]["name"] == "mlp"
+    assert [x["info"]["model"] for x in r["runs"]] == ["mlp"] * 3
+
+
+def test_a_diverged_model_is_not_saved(original, tmp_path, capsys):
+    _fails(capsys, tmp_path, "unlearn", "--checkpoint", original, "--out", tmp_path / "u.pt",
+           "--lr", "1e30", "--epochs", "2", "--report", tmp_path / "r.json", "--quiet",
+           match="unsc diverged")
+    _fails(capsys, tmp_path, "train", "--out", tmp_path / "m.pt", *TINY, "--epochs", "1",
+           "--lr", "1e30", match="training diverged")
+
+
+def test_json_safe_records():
+    from unsc_fast.jobs import _run_record
+    r = _run_record("unsc", 0, {"acc_r": float("nan")}, {"total": 1.0},
+                    {"epoch_loss": [1.0, float("inf")]})
+    assert r["metrics"]["acc_r"] is None and r["info"]["epoch_loss"] == [1.0, None]
+
+
+def test_an_unexpected_exception_is_one_line(monkeypatch, tmp_path, capsys):
+    import unsc_fast.jobs as jobs
+
+    def boom(*a, **k):
+        raise TypeError("something\nbroke")
+    monkeypatch.setattr(jobs, "train_job", boom)
+    line = _one_line_error(capsys, "train", "--out", tmp_path / "m.pt", *TINY,
+                           match="TypeError: something broke")
+    assert "UNSC_FAST_DEBUG=1" in line
+
+
+def test_a_forced_backend_that_cannot_load(tmp_path, capsys):
+    from unsc_fast.dispatch import availability
+    if availability()["cuda"] == "available":
+        pytest.skip("the cuda backend loads here")
+    _fails(capsys, tmp_path, "train", "--out", tmp_path / "m.pt", *TINY, "--backend", "cuda",
+           match="--backend cuda is not available here")

@@ -40,7 +40,8 @@ def file_format(path: str | os.PathLike) -> str:
                           f" {', '.join(TORCH_EXTS)}")
 
 
-def _require_file(path: str | os.PathLike, what: str) -> Path:
+def require_file(path: str | os.PathLike, what: str) -> Path:
+    """``path`` as a Path if it is an existing file; a clear error naming ``what`` if not."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{what} {str(p)!r} not found")
@@ -73,13 +74,14 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta
 
 
 def load_tensors(path: str | os.PathLike, what: str) -> tuple[dict[str, torch.Tensor], dict]:
-    p = _require_file(path, what)
+    p = require_file(path, what)
     fmt = file_format(p)
     try:
         if fmt == "safetensors":
             from safetensors import safe_open
             with safe_open(str(p), framework="pt") as f:
-                raw = (f.metadata() or {}).get("unsc_fast")
+                md = f.metadata() or {}
+                raw = None if "unsc_fast_job" in md else md.get("unsc_fast")   # bases: no
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
             meta = json.loads(raw) if raw is not None else None
         else:
@@ -87,10 +89,37 @@ def load_tensors(path: str | os.PathLike, what: str) -> tuple[dict[str, torch.Te
             meta = blob.get("unsc_fast") if isinstance(blob, dict) else None
             tensors = blob.get("tensors") if isinstance(blob, dict) else None
     except Exception as exc:  # corrupt file: safetensors, pickle and zip raise many types
-        raise CheckpointError(f"{what} {str(p)!r} cannot be read: {exc}") from None
+        raise CheckpointError(f"{what} {str(p)!r} cannot be read as a {fmt} file"
+                              f" (corrupt or not written by unsc-fast?):"
+                              f" {type(exc).__name__}: {exc}") from None
     if not isinstance(meta, dict) or not isinstance(tensors, dict):
+        if _is_bases_file(p, fmt):
+            raise CheckpointError(f"{str(p)!r} holds bases (from --bases-out), not a {what};"
+                                  " pass it as --bases")
         raise CheckpointError(f"{what} {str(p)!r} is not an unsc_fast file (no metadata)")
     return tensors, meta
+
+
+def _is_bases_file(p: Path, fmt: str) -> bool:
+    try:
+        if fmt == "safetensors":
+            from safetensors import safe_open
+            with safe_open(str(p), framework="pt") as f:
+                return "unsc_fast_job" in (f.metadata() or {})
+        blob = torch.load(p, map_location="cpu", weights_only=True)
+        return isinstance(blob, dict) and "meta" in blob and "tensors" in blob
+    except Exception:
+        return False
+
+
+def _holds(meta: dict) -> str:
+    """What an unsc_fast file holds, and where it goes on the command line."""
+    if "format" not in meta and meta and all(
+            isinstance(v, dict) and "subtract" in v for v in meta.values()):
+        return "bases (NullSpace.save or --bases-out; pass it as --bases)"
+    return {CHECKPOINT_FORMAT: "a model checkpoint (pass it as --checkpoint)",
+            STATS_FORMAT: "second moments from `stats` (pass it as --stats)"}.get(
+        meta.get("format"), f"format {meta.get('format')!r}")
 
 
 # -- model checkpoints -----------------------------------------------------------------------
@@ -114,8 +143,8 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu"
     from .models import build_model
     tensors, meta = load_tensors(path, "checkpoint")
     if meta.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{str(path)!r} is not a model checkpoint"
-                              f" (format {meta.get('format')!r})")
+        raise CheckpointError(f"{str(path)!r} is not a model checkpoint: it holds"
+                              f" {_holds(meta)}")
     try:
         model = build_model(meta["model"], tuple(meta["input_shape"]), meta["num_classes"],
                             meta.get("width", 1.0))
@@ -151,8 +180,8 @@ def load_moments(path: str | os.PathLike, model: nn.Module, backend: str | None 
     from .stats import SecondMoments
     tensors, meta = load_tensors(path, "statistics file")
     if meta.get("format") != STATS_FORMAT:
-        raise CheckpointError(f"{str(path)!r} holds no second moments"
-                              f" (format {meta.get('format')!r})")
+        raise CheckpointError(f"{str(path)!r} is not a statistics file: it holds"
+                              f" {_holds(meta)}")
     dtype = torch.float64 if meta.get("dtype") == "torch.float64" else torch.float32
     moments = SecondMoments(model, dtype=dtype, include_bias=meta.get("include_bias", False),
                             backend=backend)
@@ -189,7 +218,7 @@ def save_bases(path: str | os.PathLike, bases, job: dict) -> Path:
 def load_bases(path: str | os.PathLike, model: nn.Module):
     """(NullSpace, job metadata or {}) and a check that the bases fit ``model``'s layers."""
     from .bases import NullSpace
-    p = _require_file(path, "bases file")
+    p = require_file(path, "bases file")
     file_format(p)
     try:
         bases = NullSpace.load(p)
@@ -200,6 +229,12 @@ def load_bases(path: str | os.PathLike, model: nn.Module):
         else:
             job = torch.load(p, map_location="cpu", weights_only=True).get("job") or {}
     except Exception as exc:
+        try:
+            other = _holds(load_tensors(p, "bases file")[1])
+        except CheckpointError:
+            other = None
+        if other is not None:
+            raise CheckpointError(f"{str(p)!r} is not a bases file: it holds {other}") from None
         raise CheckpointError(f"bases file {str(p)!r} cannot be read: {exc}") from None
     modules = dict(model.named_modules())
     for name, lb in bases.items():

@@ -16,13 +16,18 @@ def _demo(args: argparse.Namespace) -> int:
     from .models import build_model
     from .train import train
 
+    from .config import build_config
+    from .scenarios import Scenario
+
+    # the job's checks, before any work: types and ranges of every flag
+    build_config(None, {"dataset": args.dataset, "model": args.model, "forget": args.forget,
+                        "rule": args.rule, "lr": args.lr, "epochs": args.epochs,
+                        "train_epochs": args.train_epochs, "batch_size": args.batch_size,
+                        "seed": args.seed, "quiet": args.quiet})
     torch.manual_seed(args.seed)
     split = load_dataset(args.dataset, seed=args.seed)
-    forget = [int(c) for c in args.forget]
-    bad = [c for c in forget if not 0 <= c < split.num_classes]
-    if bad:
-        raise SystemExit(f"error: unknown class {bad} for {args.dataset}"
-                         f" (classes 0..{split.num_classes - 1})")
+    forget = sorted(args.forget)
+    Scenario(kind="classes", classes=forget).validate(split.num_classes)
     model = build_model(args.model, split.input_shape, split.num_classes)
     t = time.perf_counter()
     train(model, loader(split.train, 64, True, args.seed), epochs=args.train_epochs,
@@ -155,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
                        " print the before/after table")
     d.add_argument("--dataset", default="mnist5k", help="mnist5k | digits | synthetic")
     d.add_argument("--model", default="small_cnn", help="small_cnn | mlp")
-    d.add_argument("--forget", nargs="+", default=["3"], help="class(es) to forget")
+    d.add_argument("--forget", type=int, nargs="+", default=[3], metavar="C",
+                   help="class(es) to forget")
     d.add_argument("--rule", default="energy:0.99", help="rank rule, e.g. energy:0.99")
     d.add_argument("--lr", type=float, default=0.04)
     d.add_argument("--epochs", type=int, default=20, help="unlearning epochs")
@@ -226,19 +232,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "demo":
-        return args.func(args)
     try:
         return args.func(args)
     except KeyboardInterrupt:
         print("unsc-fast: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError, ImportError, KeyError, RuntimeError) as exc:
+    except Exception as exc:
         if os.environ.get("UNSC_FAST_DEBUG"):
             raise
         msg = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-        if isinstance(exc, (KeyError, RuntimeError)):   # not one of ours: name it, offer help
+        if not isinstance(exc, (ValueError, OSError, ImportError)):
+            # not one of ours (a bug, or a check we lack): name it, offer the traceback
             msg = f"{type(exc).__name__}: {msg} (UNSC_FAST_DEBUG=1 shows the traceback)"
+        msg = " ".join(msg.split()) or type(exc).__name__       # one line
         print(f"unsc-fast {args.command}: error: {msg}", file=sys.stderr)
         return 1
 

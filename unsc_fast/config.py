@@ -8,6 +8,7 @@ dataset can fill in what the user left unset, and a conflict is reported instead
 from __future__ import annotations
 
 import copy
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -147,54 +148,146 @@ def build_config(file: str | os.PathLike | None = None, flags: dict | None = Non
     if file is not None:
         _merge(cfg.data, load_toml(file), "", cfg.explicit)
         cfg.source = str(file)
+    from_flags: set[str] = set()
     for dest, value in (flags or {}).items():
         if value is None or dest not in FLAG_KEYS:
             continue
         if dest == "no_mia":
             if value:
                 cfg.set("evaluate.mia", False)
+                from_flags.add("evaluate.mia")
             continue
         if dest in ("quiet", "include_bias") and value is False:
             continue
         cfg.set(FLAG_KEYS[dest], value)
+        from_flags.add(FLAG_KEYS[dest])
+    _resolve_scenario_flags(cfg, from_flags)
     validate(cfg)
     return cfg
 
 
+_FLAG_OF = {key: "--" + dest.replace("_", "-") for dest, key in FLAG_KEYS.items()}
+_FLAG_OF["scenario.kind"] = "--scenario"
+
+
+def _resolve_scenario_flags(cfg: Config, from_flags: set[str]) -> None:
+    """Scenario flags that contradict each other are errors; a flag beats the file.
+
+    ``--count`` and ``--fraction`` are one setting: a flag replaces the file's other one.
+    A flag that the chosen scenario kind does not use (``--count`` with ``class``) is an
+    error rather than silently ignored.
+    """
+    sc = cfg.data["scenario"]
+    for key, other in (("count", "fraction"), ("fraction", "count")):
+        if f"scenario.{key}" in from_flags and f"scenario.{other}" not in from_flags:
+            sc[other] = None
+            cfg.explicit.discard(f"scenario.{other}")
+    if sc.get("count") is not None and sc.get("fraction") is not None:
+        raise ConfigError("give the random scenario's size once: --count N or --fraction F"
+                          " (scenario.count or scenario.fraction), not both")
+    kind = sc.get("kind")
+    uses = {"class": {"classes"}, "classes": {"classes"},
+            "subclass": {"classes", "k", "cluster"}, "random": {"count", "fraction"}}
+    if kind in uses:
+        unused = [k for k in ("classes", "k", "cluster", "count", "fraction")
+                  if f"scenario.{k}" in from_flags and k not in uses[kind]]
+        if unused:
+            flags = " ".join(_FLAG_OF[f"scenario.{k}"] for k in unused)
+            raise ConfigError(f"{flags} does not apply to the {kind!r} scenario; drop it or"
+                              " choose the scenario it belongs to with --scenario")
+
+
+def _label(key: str) -> str:
+    """A config key and the flag that sets it: ``unlearn.epochs (--epochs)``."""
+    return f"{key} ({_FLAG_OF[key]})" if key in _FLAG_OF else key
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def validate(cfg: Config) -> None:
     """Type and range checks that need no data (clear messages before any work)."""
-    def positive_int(key):
+    def positive_int(key, optional=False):
         v = cfg[key]
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ConfigError(f"{key} must be a positive integer, got {v!r}")
+        if optional and v is None:
+            return
+        if not _is_int(v) or v < 1:
+            raise ConfigError(f"{_label(key)} must be a positive integer, got {v!r}")
 
     def non_negative_int(key):
         v = cfg[key]
-        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-            raise ConfigError(f"{key} must be a non-negative integer, got {v!r}")
+        if not _is_int(v) or v < 0:
+            raise ConfigError(f"{_label(key)} must be a non-negative integer, got {v!r}")
 
     def positive(key):
         v = cfg[key]
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
-            raise ConfigError(f"{key} must be a positive number, got {v!r}")
+        if not _is_number(v) or not v > 0:
+            raise ConfigError(f"{_label(key)} must be a positive (finite) number, got {v!r}")
 
-    for key in ("train.batch_size", "unlearn.batch_size", "evaluate.batch_size"):
+    def boolean(key):
+        if not isinstance(cfg[key], bool):
+            raise ConfigError(f"{_label(key)} must be true or false, got {cfg[key]!r}")
+
+    def string(key, optional=False, choices=None):
+        v = cfg[key]
+        if optional and v is None:
+            return
+        if not isinstance(v, str):
+            raise ConfigError(f"{_label(key)} must be a string, got {v!r}")
+        if choices is not None and v not in choices:
+            raise ConfigError(f"{_label(key)} must be one of {list(choices)}, got {v!r}")
+
+    for key in ("dataset", "model", "device", "unlearn.rule"):
+        string(key)
+    string("data_root", optional=True)
+    string("backend", optional=True)
+    string("scenario.kind", choices=("class", "classes", "subclass", "random"))
+    string("train.optimizer", choices=("adam", "sgd"))
+    string("evaluate.mia_feature", choices=("confidence", "entropy", "both"))
+    for key in ("quiet", "unlearn.include_bias", "evaluate.mia"):
+        boolean(key)
+    for key in ("train.batch_size", "unlearn.batch_size", "evaluate.batch_size",
+                "train.epochs", "unlearn.epochs"):
         positive_int(key)
-    for key in ("train.epochs", "unlearn.epochs", "seed", "data_seed"):
+    for key in ("scenario.count", "unlearn.max_retain_samples"):
+        positive_int(key, optional=True)
+    for key in ("seed", "data_seed", "scenario.cluster"):
         non_negative_int(key)
+    if not _is_int(cfg["scenario.k"]) or cfg["scenario.k"] < 2:
+        raise ConfigError(f"{_label('scenario.k')} must be an integer >= 2,"
+                          f" got {cfg['scenario.k']!r}")
     for key in ("train.lr", "unlearn.lr", "width"):
         positive(key)
+    frac = cfg["scenario.fraction"]
+    if frac is not None and not (_is_number(frac) and 0 < frac < 1):
+        raise ConfigError(f"{_label('scenario.fraction')} must be a number in (0, 1),"
+                          f" got {frac!r}")
+    wd, mom = cfg["train.weight_decay"], cfg["train.momentum"]
+    if not _is_number(wd) or wd < 0:
+        raise ConfigError(f"{_label('train.weight_decay')} must be a number >= 0, got {wd!r}")
+    if not _is_number(mom) or not 0 <= mom < 1:
+        raise ConfigError(f"{_label('train.momentum')} must be a number in [0, 1), got {mom!r}")
     classes = cfg["scenario.classes"]
-    if not isinstance(classes, list) or not all(
-            isinstance(c, int) and not isinstance(c, bool) for c in classes):
-        raise ConfigError(f"scenario.classes must be a list of integers, got {classes!r}")
+    if not isinstance(classes, list) or not all(_is_int(c) for c in classes):
+        raise ConfigError(f"{_label('scenario.classes')} must be a list of integers,"
+                          f" got {classes!r}")
+    dup = sorted({c for c in classes if classes.count(c) > 1})
+    if dup:
+        raise ConfigError(f"{_label('scenario.classes')} lists class(es) {dup} more than once")
+    cfg.data["scenario"]["classes"] = sorted(classes)   # one D_r, one spelling
     seeds = cfg["compare.seeds"]
     if not isinstance(seeds, list) or not seeds or not all(
-            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
-        raise ConfigError(f"compare.seeds must be a non-empty list of integers >= 0, got {seeds!r}")
+            _is_int(s) and s >= 0 for s in seeds):
+        raise ConfigError(f"{_label('compare.seeds')} must be a non-empty list of integers"
+                          f" >= 0, got {seeds!r}")
     methods = cfg["compare.methods"]
     if not isinstance(methods, list) or not methods:
-        raise ConfigError(f"compare.methods must be a non-empty list, got {methods!r}")
+        raise ConfigError(f"{_label('compare.methods')} must be a non-empty list, got {methods!r}")
     unknown = [m for m in methods if m not in METHOD_NAMES]
     if unknown:
         raise ConfigError(f"unknown method(s) {unknown}; choose from {list(METHOD_NAMES)}")
@@ -204,8 +297,65 @@ def validate(cfg: Config) -> None:
                               f" {list(METHOD_NAMES)}")
         if not isinstance(hp, dict):
             raise ConfigError(f"[methods.{name}] must be a table")
+        check_hyperparameters(name, hp)
     from .bases import parse_rule
     try:
         parse_rule(cfg["unlearn.rule"])
     except (ValueError, TypeError) as exc:
         raise ConfigError(str(exc)) from None
+    from .dispatch import requested_backend
+    try:
+        requested_backend(cfg["backend"])
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+# Ranges of the hyperparameters the methods share (types come from their annotations).
+_HP_RANGES = {
+    "lr": (lambda v: v > 0, "a positive number"),
+    "epochs": (lambda v: v >= 1, "a positive integer"),
+    "batch_size": (lambda v: v >= 1, "a positive integer"),
+    "max_retain_samples": (lambda v: v >= 1, "a positive integer"),
+    "momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "retain_weight": (lambda v: v >= 0, "a number >= 0"),
+    "eps": (lambda v: v > 0, "a positive number"),
+    "sparsity": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+}
+
+
+def check_hyperparameters(method: str, hp: dict) -> None:
+    """Names and value types of ``[methods.<method>]`` against the method's signature."""
+    import inspect
+
+    from .baselines import METHODS
+    params = {k: p for k, p in inspect.signature(METHODS[method]).parameters.items()
+              if k != "task"}
+    unknown = sorted(set(hp) - set(params))
+    if unknown:
+        raise ConfigError(f"[methods.{method}]: unknown hyperparameter(s) {unknown};"
+                          f" {method} takes {sorted(params)}")
+    for k, v in hp.items():
+        ann = params[k].annotation
+        kinds = {t.strip() for t in str(ann).split("|")} if isinstance(ann, str) else set()
+        if v is None and "None" in kinds:
+            continue
+        if "bool" in kinds:
+            ok, what = isinstance(v, bool), "true or false"
+        elif "int" in kinds:
+            ok, what = _is_int(v), "an integer"
+        elif "float" in kinds:
+            ok, what = _is_number(v), "a finite number"
+        elif "str" in kinds:
+            ok, what = isinstance(v, str), "a string"
+        else:
+            ok, what = True, ""
+        if ok and k in _HP_RANGES and not isinstance(v, (bool, str)):
+            ok, what = _HP_RANGES[k][0](v), _HP_RANGES[k][1]
+        if ok and k == "rule":
+            from .bases import parse_rule
+            try:
+                parse_rule(v)
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"[methods.{method}] rule: {exc}") from None
+        if not ok:
+            raise ConfigError(f"[methods.{method}] {k} must be {what}, got {v!r}")

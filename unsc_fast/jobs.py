@@ -7,6 +7,7 @@ leaves no partial file behind. Results are printed to stdout; progress bars go t
 from __future__ import annotations
 
 import inspect
+import math
 import os
 import sys
 import time
@@ -28,6 +29,9 @@ from .train import train
 
 class JobError(ValueError):
     """A request that cannot be carried out (bad combination of inputs)."""
+
+
+PROJECTED = ("unsc", "random_labels_proj")     # the methods that use D_r's statistics
 
 
 # -- checks before any work ------------------------------------------------------------------
@@ -61,6 +65,32 @@ def check_output_dir(path: str | os.PathLike) -> Path:
     return p
 
 
+def _same_file(a, b) -> bool:
+    a, b = Path(a), Path(b)
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def check_distinct(inputs: dict, outputs: dict) -> None:
+    """No output may overwrite an input or another output (``{"--flag": path or None}``)."""
+    outs = [(k, v) for k, v in outputs.items() if v is not None]
+    ins = [(k, v) for k, v in inputs.items() if v is not None]
+    for i, (name, path) in enumerate(outs):
+        for other, q in ins:
+            paths = q if isinstance(q, (list, tuple)) else [q]
+            if any(_same_file(path, x) for x in paths):
+                raise JobError(f"{name} {str(path)!r} is also the input {other}: it would be"
+                               " overwritten; write to another file")
+        for other, q in outs[i + 1:]:
+            if _same_file(path, q):
+                raise JobError(f"{name} and {other} are the same file {str(path)!r};"
+                               " give them different names")
+
+
 def _device(cfg: Config) -> torch.device:
     try:
         dev = torch.device(cfg["device"])
@@ -68,6 +98,12 @@ def _device(cfg: Config) -> torch.device:
         raise ConfigError(f"bad device {cfg['device']!r}: {exc}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device 'cuda' was asked for but no CUDA device is available")
+    backend = cfg["backend"]
+    if backend not in (None, "auto"):          # a forced backend must load, before any work
+        from .dispatch import availability
+        why = availability().get(backend, "unknown backend")
+        if why != "available":
+            raise ConfigError(f"--backend {backend} is not available here: {why}")
     return dev
 
 
@@ -87,8 +123,12 @@ def scenario_split(cfg: Config, data: DataSplit) -> ScenarioSplit:
     return Scenario.from_dict(cfg["scenario"]).split(data, seed=cfg["data_seed"])
 
 
-def adopt_checkpoint(cfg: Config, meta: dict, path) -> None:
-    """Take dataset/model/width/data_seed from a checkpoint unless set; conflicts are errors."""
+def adopt_checkpoint(cfg: Config, meta: dict, path, first: tuple | None = None) -> None:
+    """Take dataset/model/width/data_seed from a checkpoint unless set; conflicts are errors.
+
+    ``first`` is ``(path, meta)`` of an earlier checkpoint of the same job (``evaluate``) that
+    recorded a scenario: it must agree with this one's unless the scenario is set explicitly.
+    """
     for key in ("dataset", "model", "width", "data_seed"):
         if key not in meta:
             continue
@@ -98,6 +138,14 @@ def adopt_checkpoint(cfg: Config, meta: dict, path) -> None:
                 f" {key}={meta[key]!r}, but the config asks for {key}={cfg[key]!r}")
         cfg.set(key, meta[key], explicit=False)
     if "scenario" in meta and not any(k.startswith("scenario.") for k in cfg.explicit):
+        if first is not None and "scenario" in first[1]:
+            a = Scenario.from_dict(first[1]["scenario"])
+            b = Scenario.from_dict(meta["scenario"])
+            if a != b:
+                raise ck.CheckpointError(
+                    f"checkpoints {str(first[0])!r} and {str(path)!r} forgot different things"
+                    f" ({a.describe()} vs {b.describe()}); choose the scenario to evaluate"
+                    " with --scenario/--forget")
         cfg.data["scenario"].update(meta["scenario"])
 
 
@@ -110,9 +158,9 @@ def _check_fits(data: DataSplit, meta: dict, path) -> None:
             f" {tuple(data.input_shape)} and {data.num_classes}")
 
 
-def _load_model(cfg: Config, path, data: DataSplit | None = None):
+def _load_model(cfg: Config, path, data: DataSplit | None = None, first: tuple | None = None):
     model, meta = ck.load_checkpoint(path, device=str(_device(cfg)))
-    adopt_checkpoint(cfg, meta, path)
+    adopt_checkpoint(cfg, meta, path, first)
     data = data or load_data(cfg)
     _check_fits(data, meta, path)
     return model, meta, data
@@ -146,9 +194,29 @@ def cfg_input_shape(split: ScenarioSplit) -> tuple[int, ...]:
     return tuple(x.shape)
 
 
+def _json_safe(v):
+    """NaN/Inf (a diverged loss, say) as None: the report stays valid JSON."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    return v
+
+
 def _run_record(method: str, seed: int, metrics: dict, times: dict, info: dict) -> dict:
-    return {"method": method, "seed": seed, "metrics": metrics,
-            "times": {k: float(v) for k, v in times.items()}, "info": info}
+    return {"method": method, "seed": seed, "metrics": _json_safe(metrics),
+            "times": {k: float(v) for k, v in times.items()}, "info": _json_safe(info)}
+
+
+def check_finite_model(model, what: str, hint: str) -> None:
+    """A model whose weights turned NaN/Inf is not saved: an error says what to change."""
+    bad = [n for n, t in model.state_dict().items()
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise JobError(f"{what} diverged: {len(bad)} tensor(s) of the model hold NaN or Inf"
+                       f" (first: {bad[0]}); nothing was written; {hint}")
 
 
 def _eval(cfg: Config, model, split: ScenarioSplit, data: DataSplit, seed: int) -> dict:
@@ -173,11 +241,15 @@ def _train_original(cfg: Config, data: DataSplit, dataset, seed: int, desc="trai
 def train_job(cfg: Config, out, exclude_classes: list[int] | None = None) -> dict:
     """Train the original model (or, with ``exclude_classes``, the retrain baseline)."""
     out = check_output_file(out, "checkpoint")
+    if cfg.source is not None:
+        check_distinct({"--config": cfg.source}, {"--out": out})
     _device(cfg)
     data = load_data(cfg)
     # Build once to check the model name and input size before loading anything else.
     build_model(cfg["model"], data.input_shape, data.num_classes, cfg["width"])
     exclude = sorted(set(exclude_classes or []))
+    if exclude_classes and len(exclude) < len(exclude_classes):
+        raise JobError(f"--exclude-classes lists a class more than once: {exclude_classes}")
     bad = [c for c in exclude if not 0 <= c < data.num_classes]
     if bad:
         raise JobError(f"unknown class {bad} in --exclude-classes: dataset {data.name!r}"
@@ -187,6 +259,7 @@ def train_job(cfg: Config, out, exclude_classes: list[int] | None = None) -> dic
     dataset = class_split(data.train, exclude)[0] if exclude else data.train
     model, secs = _train_original(cfg, data, dataset, cfg["seed"],
                                   "retrain" if exclude else "training")
+    check_finite_model(model, "training", "lower --lr")
     meta = ck.model_meta(cfg["model"], cfg["width"], data.input_shape, data.num_classes,
                          data.name, seed=cfg["seed"], data_seed=cfg["data_seed"],
                          exclude_classes=exclude, method="retrain" if exclude else "original",
@@ -215,6 +288,9 @@ def stats_job(cfg: Config, checkpoint, out, bases_out=None) -> dict:
     out = check_output_file(out, "stats")
     if bases_out is not None:
         bases_out = check_output_file(bases_out, "bases")
+    check_distinct({"--checkpoint": checkpoint, "--config": cfg.source},
+                   {"--out": out, "--bases-out": bases_out})
+    ck.require_file(checkpoint, "checkpoint")
     model, meta, data = _load_model(cfg, checkpoint)
     split = scenario_split(cfg, data)
     t = time.perf_counter()
@@ -223,10 +299,13 @@ def stats_job(cfg: Config, checkpoint, out, bases_out=None) -> dict:
     moments.collect(loader(split.retain, 256), max_samples=cfg["unlearn.max_retain_samples"],
                     progress=_progress(cfg))
     secs = time.perf_counter() - t
-    job = {"checkpoint": meta.get("fingerprint"), **_scenario_key(cfg)}
+    job = {"checkpoint": meta.get("fingerprint"), **_scenario_key(cfg),
+           "max_retain_samples": cfg["unlearn.max_retain_samples"],
+           "include_bias": cfg["unlearn.include_bias"]}
     bases = None
     if bases_out is not None:
-        bases = NullSpace.from_moments(moments, cfg["unlearn.rule"])
+        bases = NullSpace.from_moments(moments, cfg["unlearn.rule"],
+                                       include_bias=cfg["unlearn.include_bias"])
     ck.save_moments(out, moments, {**job, "seconds": secs})
     if bases is not None:
         ck.save_bases(bases_out, bases, {**job, "rule": cfg["unlearn.rule"]})
@@ -240,6 +319,18 @@ def _check_job(kind: str, path, job: dict, cfg: Config, fingerprint: str | None)
     if job.get("checkpoint") not in (None, fingerprint):
         raise ck.CheckpointError(f"{kind} {str(path)!r} was computed from another checkpoint"
                                  " (fingerprints differ); recompute it for this model")
+    # settings that were fixed when the file was computed: an explicit different value
+    # would be silently ignored, so it is an error
+    fixed = [("unlearn.max_retain_samples", "max_retain_samples", "--max-retain-samples"),
+             ("unlearn.include_bias", "include_bias", "--include-bias")]
+    if kind.startswith("bases"):
+        fixed.append(("unlearn.rule", "rule", "--rule"))
+    for key, name, flag in fixed:
+        if name in job and cfg.is_set(key) and cfg[key] != job[name]:
+            raise ck.CheckpointError(
+                f"{kind} {str(path)!r} was computed with {name}={job[name]!r}, but this job"
+                f" asks for {name}={cfg[key]!r} ({flag}); drop the setting or recompute the"
+                " file with it")
     want = _scenario_key(cfg)
     for key in ("dataset", "data_seed", "scenario"):
         if key in job and job[key] != want[key]:
@@ -258,19 +349,31 @@ def unlearn_job(cfg: Config, checkpoint, out, *, stats=None, bases=None, method:
                        f" {sorted(set(METHODS) - {'original'})}")
     if stats is not None and bases is not None:
         raise JobError("give --stats or --bases, not both")
+    if (stats is not None or bases is not None) and method not in PROJECTED:
+        raise JobError(f"{'--stats' if stats is not None else '--bases'}: method {method!r}"
+                       f" uses no statistics or bases (only {' and '.join(PROJECTED)} do)")
     out = check_output_file(out, "checkpoint")
     if report is not None:
         report = check_output_file(report, "json")
     if bases_out is not None:
         bases_out = check_output_file(bases_out, "bases")
-        if method not in ("unsc", "random_labels_proj"):
-            raise JobError(f"--bases-out: method {method!r} computes no bases")
+        if method != "unsc":
+            raise JobError(f"--bases-out: method {method!r} saves no bases (only unsc does)")
+    check_distinct({"--checkpoint": checkpoint, "--stats": stats, "--bases": bases,
+                    "--config": cfg.source},
+                   {"--out": out, "--report": report, "--bases-out": bases_out})
+    for path, what in ((checkpoint, "checkpoint"), (stats, "statistics file"),
+                       (bases, "bases file")):
+        if path is not None:                   # every input checked before any work
+            ck.require_file(path, what)
     model, meta, data = _load_model(cfg, checkpoint)
     split = scenario_split(cfg, data)
     moments = null_space = None
     if stats is not None:
         moments, job = ck.load_moments(stats, model, backend=cfg["backend"])
         _check_job("statistics file", stats, job, cfg, meta.get("fingerprint"))
+        if not cfg.is_set("unlearn.include_bias"):   # the file decides what it can give
+            cfg.set("unlearn.include_bias", bool(moments.include_bias), explicit=False)
     if bases is not None:
         null_space, job = ck.load_bases(bases, model)
         _check_job("bases file", bases, job, cfg, meta.get("fingerprint"))
@@ -282,6 +385,8 @@ def unlearn_job(cfg: Config, checkpoint, out, *, stats=None, bases=None, method:
         if cfg.is_set(f"unlearn.{key}") and key in accepted and key not in hp:
             hp[key] = cfg[f"unlearn.{key}"]
     res = run_method(method, task, **hp)
+    check_finite_model(res.model, method,
+                       f"lower the learning rate (--lr, or lr in [methods.{method}])")
     new_meta = {k: v for k, v in meta.items() if k not in ("fingerprint",)}
     new_meta.update(method=method, source=meta.get("fingerprint"),
                     scenario=Scenario.from_dict(cfg["scenario"]).as_dict(),
@@ -296,14 +401,21 @@ def unlearn_job(cfg: Config, checkpoint, out, *, stats=None, bases=None, method:
                            dataset=_dataset_info(data), model=_model_info(cfg, model),
                            scenario=split.info(), runs=runs)
         outputs["report"] = rep
+        from .report import to_json
+        report_text = to_json(rep)             # serialised before anything is written
     ck.save_checkpoint(out, res.model, new_meta)
     if bases_out is not None:
         ck.save_bases(bases_out, res.bases, {"checkpoint": meta.get("fingerprint"),
-                                             **_scenario_key(cfg), "rule": cfg["unlearn.rule"]})
+                                             **_scenario_key(cfg), "rule": cfg["unlearn.rule"],
+                                             "max_retain_samples":
+                                             cfg["unlearn.max_retain_samples"],
+                                             "include_bias": cfg["unlearn.include_bias"]})
     if report is not None:
-        from .report import to_json
-        atomic_save(report, lambda f: f.write(to_json(outputs["report"])))
+        atomic_save(report, lambda f: f.write(report_text))
         _say(cfg, markdown(outputs["report"]))
+    if res.info.get("diverged"):
+        print(f"warning: {method} stopped early: its loss turned NaN/Inf (lower the learning"
+              " rate); the saved model is its last finite state", file=sys.stderr)
     _say(cfg, f"{method}: forgot {split.scenario.describe()} ({len(split.forget)} samples) in"
               f" {res.times['total']:.1f} s; saved {out}")
     return {"checkpoint": str(out), "times": res.times, **outputs}
@@ -317,12 +429,13 @@ def evaluate_job(cfg: Config, checkpoints: list, out=None) -> dict:
         raise JobError("evaluate needs at least one checkpoint")
     if out is not None:
         out = check_output_file(out, "json")
+    check_distinct({"--checkpoint": list(checkpoints), "--config": cfg.source}, {"--out": out})
     for p in checkpoints:                      # every path checked before any work
-        if not Path(p).is_file():
-            raise FileNotFoundError(f"checkpoint {str(p)!r} not found")
+        ck.require_file(p, "checkpoint")
     loaded, data = [], None
     for p in checkpoints:
-        model, meta, data = _load_model(cfg, p, data)
+        first = next(((q, m) for q, _, m in loaded if "scenario" in m), None)
+        model, meta, data = _load_model(cfg, p, data, first)
         if loaded:                             # one data set and split for every model
             first_path, _, first = loaded[0]
             for key in ("dataset", "data_seed"):
@@ -341,10 +454,14 @@ def evaluate_job(cfg: Config, checkpoints: list, out=None) -> dict:
         names.append(name)
         secs = meta.get("unlearn_seconds", meta.get("train_seconds")) or 0.0
         runs.append(_run_record(name, seed, _eval(cfg, model, split, data, seed),
-                                {"total": secs}, {"checkpoint": str(p)}))
+                                {"total": secs},
+                                {"checkpoint": str(p), "model": meta.get("model"),
+                                 "width": meta.get("width")}))
+    first_meta = loaded[0][2]
+    model_info = {"name": first_meta.get("model"), "width": float(first_meta.get("width", 1.0)),
+                  "parameters": int(sum(p.numel() for p in loaded[0][1].parameters()))}
     rep = build_report(command="evaluate", config=cfg.as_dict(), dataset=_dataset_info(data),
-                       model=_model_info(cfg, loaded[0][1]), scenario=split.info(), runs=runs,
-                       methods=names)
+                       model=model_info, scenario=split.info(), runs=runs, methods=names)
     if out is not None:
         from .report import to_json
         atomic_save(out, lambda f: f.write(to_json(rep)))
@@ -362,12 +479,6 @@ def compare_job(cfg: Config, out_dir, figures: bool = True) -> dict:
     methods = list(dict.fromkeys(cfg["compare.methods"]))
     if "original" not in methods:
         methods.insert(0, "original")
-    for m in methods:                          # hyperparameter names checked up front
-        accepted = set(inspect.signature(METHODS[m]).parameters) - {"task"}
-        unknown = set(cfg["methods"].get(m, {})) - accepted
-        if unknown:
-            raise ConfigError(f"[methods.{m}]: unknown hyperparameter(s) {sorted(unknown)};"
-                              f" {m} takes {sorted(accepted)}")
     if figures:                                # fail before the work, not after it
         try:
             import matplotlib  # noqa: F401
