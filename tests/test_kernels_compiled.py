@@ -403,7 +403,7 @@ def test_accumulate_conv_bad_inputs_raise_before_writing(device):
     S2 = _random_sym(18, torch.float32, device, groups=2)
     cases = [
         (lambda: OPS.accumulate_conv_(S, x, [3, 3], [1, 1], [1, 1], [1, 1], 3), "groups"),
-        (lambda: OPS.accumulate_conv_(S, x, [3, 3], [1, 1], [1, 1], [1, 1], 2), "must be \\(groups"),
+        (lambda: OPS.accumulate_conv_(S, x, [3, 3], [1, 1], [1, 1], [1, 1], 2), r"must be \(groups"),
         (lambda: OPS.accumulate_conv_(S2, x, [3, 3], [0, 1], [1, 1], [1, 1], 2), "stride"),
         (lambda: OPS.accumulate_conv_(S2, x, [3, 3], [1, 1], [-1, 1], [1, 1], 2), "padding"),
         (lambda: OPS.accumulate_conv_(S2, x, [3, 3], [1, 1], [1, 1], [0, 1], 2), "dilation"),
