@@ -410,3 +410,39 @@ def test_a_forced_backend_that_cannot_load(tmp_path, capsys):
         pytest.skip("the cuda backend loads here")
     _fails(capsys, tmp_path, "train", "--out", tmp_path / "m.pt", *TINY, "--backend", "cuda",
            match="--backend cuda is not available here")
+
+
+def test_which_settings_reach_a_baseline_on_unlearn(original, tmp_path, monkeypatch):
+    import unsc_fast.jobs as jobs
+    from unsc_fast.baselines import MethodResult
+    seen = {}
+
+    def fake(name, task, **hp):
+        seen[name] = hp
+        return MethodResult(task.model, {"total": 0.0}, {})
+    monkeypatch.setattr(jobs, "run_method", fake)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[unlearn]\nlr = 0.04\nepochs = 20\n[methods.finetune]\nlr = 0.02\n")
+    base = ["unlearn", "--config", cfg, "--checkpoint", original, "--quiet"]
+    assert run(*base, "--out", tmp_path / "r.pt", "--method", "retrain") == 0
+    assert seen["retrain"] == {}       # [unlearn] (UNSC's settings) does not reach retrain
+    assert run(*base, "--out", tmp_path / "f.pt", "--method", "finetune", "--lr", "0.5") == 0
+    assert seen["finetune"] == {"lr": 0.5}                  # the flag beats [methods.finetune]
+    assert run(*base, "--out", tmp_path / "g.pt", "--method", "finetune") == 0
+    assert seen["finetune"] == {"lr": 0.02}
+
+
+def test_output_under_a_file(original, tmp_path, capsys):
+    _fails(capsys, tmp_path, "unlearn", "--checkpoint", original, "--out",
+           tmp_path / "x" / "u.pt", "--quiet", match="does not exist")
+    (tmp_path / "f").write_text("")
+    _fails(capsys, tmp_path, "unlearn", "--checkpoint", original, "--out",
+           tmp_path / "f" / "u.pt", "--quiet", match="is a file, not a directory")
+
+
+def test_version(capsys):
+    import unsc_fast
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == \
+        f"unsc-fast {unsc_fast.__version__}"

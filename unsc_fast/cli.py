@@ -155,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Machine unlearning via null space calibration (UNSC).",
         epilog="Each subcommand takes --config FILE.toml; flags override the file."
         " Exit status: 0 ok, 1 error (message on stderr), 2 bad command line.")
+    from . import __version__
+    p.add_argument("--version", action="version", version=f"unsc-fast {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="train a small model on built-in data, forget a class,"
                        " print the before/after table")

@@ -108,11 +108,13 @@ def _merge(base: dict, over: dict, path: str, explicit: set[str]) -> None:
 
 @dataclass
 class Config:
-    """The resolved configuration and the set of dotted keys set explicitly."""
+    """The resolved configuration and the set of dotted keys set explicitly (file or flag);
+    ``flags`` holds those set by a command-line flag."""
 
     data: dict = field(default_factory=lambda: copy.deepcopy(DEFAULTS))
     explicit: set[str] = field(default_factory=set)
     source: str | None = None
+    flags: set[str] = field(default_factory=set)
 
     def __getitem__(self, key: str):
         return _get(self.data, key)
@@ -162,6 +164,7 @@ def build_config(file: str | os.PathLike | None = None, flags: dict | None = Non
         cfg.set(FLAG_KEYS[dest], value)
         from_flags.add(FLAG_KEYS[dest])
     _resolve_scenario_flags(cfg, from_flags)
+    cfg.flags = from_flags
     validate(cfg)
     return cfg
 

@@ -41,6 +41,8 @@ def check_output_file(path: str | os.PathLike, kind: str) -> Path:
     p = Path(path)
     if p.is_dir():
         raise JobError(f"output {str(p)!r} is a directory; give a file name")
+    if p.parent.exists() and not p.parent.is_dir():
+        raise JobError(f"output {str(p)!r}: {str(p.parent)!r} is a file, not a directory")
     if not p.parent.is_dir():
         raise FileNotFoundError(f"output directory {str(p.parent)!r} does not exist")
     if not os.access(p.parent, os.W_OK):
@@ -381,8 +383,8 @@ def unlearn_job(cfg: Config, checkpoint, out, *, stats=None, bases=None, method:
     task = _task(cfg, model, split, seed, moments=moments, bases=null_space)
     hp = dict(cfg["methods"].get(method, {}))
     accepted = inspect.signature(METHODS[method]).parameters
-    for key in ("lr", "epochs", "batch_size"):     # explicit --lr etc. reach any method
-        if cfg.is_set(f"unlearn.{key}") and key in accepted and key not in hp:
+    for key in ("lr", "epochs", "batch_size"):     # a flag --lr etc. reaches any method
+        if f"unlearn.{key}" in cfg.flags and key in accepted:   # and beats [methods.X]
             hp[key] = cfg[f"unlearn.{key}"]
     res = run_method(method, task, **hp)
     check_finite_model(res.model, method,
