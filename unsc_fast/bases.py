@@ -7,54 +7,105 @@ r; the basis stored is whichever of U_r (``subtract=True``: G ← G − (G U_r)U
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from . import reference as ref
 from .io import atomic_save
 from .stats import LayerMoments, SecondMoments
 
 # -- rank rules ------------------------------------------------------------------------------
+# Each rule checks its parameter on construction, so ``parse_rule`` and direct use agree: a
+# value out of range would give an empty or meaningless core, i.e. nothing protected.
+
+
+def _real(rule: str, field: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{rule} {field} must be a real number, got {value!r}")
+    return float(value)
+
+
+def _unit_interval(rule: str, field: str, value, what: str) -> float:
+    v = _real(rule, field, value)
+    if not (math.isfinite(v) and 0.0 <= v <= 1.0):
+        raise ValueError(f"{rule} {field} must lie in [0, 1] ({what}), got {value!r}")
+    return v
 
 
 @dataclass(frozen=True)
 class Energy:
-    """Paper's rule: the smallest r whose top eigenvalues hold a share ``eps`` of the energy."""
+    """Paper's rule: the smallest r whose top eigenvalues hold a share ``eps`` of the energy.
+
+    ``eps`` is a finite number in [0, 1]."""
     eps: float = 0.99
 
+    def __post_init__(self):
+        object.__setattr__(self, "eps", _unit_interval(
+            "energy", "eps", self.eps, "the share of the energy the core keeps"))
+
     def rank(self, evals: Tensor) -> int:
+        """Core rank r for descending eigenvalues ``evals`` (0 when eps = 0 or C = 0)."""
         return ref.energy_rank(evals, self.eps)
 
 
 @dataclass(frozen=True)
 class EigenFloor:
-    """Adam-NSCL rule: eigenvalues at most ``a``·λ_min form the null space."""
+    """Adam-NSCL rule: eigenvalues at most ``a``·λ_min form the null space.
+
+    ``a`` is a finite number >= 1: with a < 1, λ_min itself would exceed a·λ_min, so no
+    eigenvalue would be null when λ_min > 0 and the rule would be meaningless."""
     a: float = 10.0
 
+    def __post_init__(self):
+        a = _real("floor", "a", self.a)
+        if not (math.isfinite(a) and a >= 1.0):
+            raise ValueError(
+                f"floor a must be a finite number >= 1 (the null space holds the eigenvalues"
+                f" <= a*lambda_min; with a < 1 not even lambda_min would be in it), got {self.a!r}")
+        object.__setattr__(self, "a", a)
+
     def rank(self, evals: Tensor) -> int:
+        """Core rank r: the number of eigenvalues in ``evals`` above a·λ_min."""
         return ref.floor_rank(evals, self.a)
 
 
 @dataclass(frozen=True)
 class Threshold:
-    """AlphaEdit-style rule: the core holds eigenvalues above ``t``·λ_max."""
+    """AlphaEdit-style rule: the core holds eigenvalues above ``t``·λ_max.
+
+    ``t`` is a finite number in [0, 1]."""
     t: float = 1e-2
 
+    def __post_init__(self):
+        object.__setattr__(self, "t", _unit_interval(
+            "threshold", "t", self.t, "a fraction of the largest eigenvalue"))
+
     def rank(self, evals: Tensor) -> int:
+        """Core rank r: the number of eigenvalues in ``evals`` above t·λ_max (0 when C = 0)."""
         return ref.threshold_rank(evals, self.t)
 
 
 @dataclass(frozen=True)
 class FixedRank:
-    """A fixed core rank ``k`` (clipped to the layer's dimension)."""
+    """A fixed core rank ``k``, an int >= 0 (clipped to the layer's dimension)."""
     k: int
 
+    def __post_init__(self):
+        if isinstance(self.k, bool) or not isinstance(self.k, numbers.Integral):
+            raise TypeError(f"rank k must be an int, got {self.k!r}")
+        if self.k < 0:
+            raise ValueError(f"rank k must be an int >= 0 (the core rank), got {self.k!r}")
+        object.__setattr__(self, "k", int(self.k))
+
     def rank(self, evals: Tensor) -> int:
-        return min(max(self.k, 0), evals.numel())
+        """Core rank r = min(k, number of eigenvalues)."""
+        return min(self.k, evals.numel())
 
 
 Rule = Energy | EigenFloor | Threshold | FixedRank
@@ -63,7 +114,10 @@ _RULES = {"energy": (Energy, float), "floor": (EigenFloor, float),
 
 
 def parse_rule(spec: str | Rule) -> Rule:
-    """``"energy:0.99"``, ``"floor:10"``, ``"threshold:0.01"`` or ``"rank:32"`` to a rule."""
+    """``"energy:0.99"``, ``"floor:10"``, ``"threshold:0.01"`` or ``"rank:32"`` to a rule.
+
+    Ranges: energy eps and threshold t in [0, 1], floor a >= 1, rank k an int >= 0.
+    """
     if not isinstance(spec, str):
         if not hasattr(spec, "rank"):
             raise TypeError(f"not a rank rule: {spec!r}")
@@ -74,12 +128,13 @@ def parse_rule(spec: str | Rule) -> Rule:
                          " energy:EPS, floor:A, threshold:T, rank:K")
     cls, conv = _RULES[kind]
     try:
-        rule = cls(conv(value))
+        number = conv(value)
     except ValueError:
         raise ValueError(f"bad value in rank rule {spec!r}") from None
-    if isinstance(rule, Energy) and not 0.0 <= rule.eps <= 1.0:
-        raise ValueError(f"energy eps must lie in [0, 1], got {rule.eps}")
-    return rule
+    try:
+        return cls(number)
+    except ValueError as exc:
+        raise ValueError(f"bad value in rank rule {spec!r}: {exc}") from None
 
 
 def gpm_schedule(step: int) -> float:
@@ -117,6 +172,7 @@ class LayerBasis:
         return self.bases[0].device
 
     def to(self, device=None, dtype=None) -> "LayerBasis":
+        """A copy with every group's basis moved to ``device`` and/or cast to ``dtype``."""
         return replace(self, bases=[b.to(device=device, dtype=dtype) for b in self.bases])
 
     def core(self, g: int = 0) -> Tensor:
@@ -179,7 +235,56 @@ class NullSpace(Mapping[str, LayerBasis]):
         return f"NullSpace({len(self)} layers)"
 
     def to(self, device=None, dtype=None) -> "NullSpace":
+        """A copy with every layer's bases moved to ``device`` and/or cast to ``dtype``.
+
+        Use it to match the gradients before :func:`unsc_fast.project_`.
+        """
         return NullSpace({n: lb.to(device, dtype) for n, lb in self._layers.items()})
+
+    def check(self, model: nn.Module) -> None:
+        """Check that these bases fit ``model``'s layers; raise before any training starts.
+
+        Every basis name must be a module of ``model`` (``KeyError`` listing those that are
+        not), that module an ``nn.Linear`` or ``nn.Conv2d`` (``TypeError``), and its shape
+        must match (``ValueError``): the layer kind; ``d`` = in_features (Linear) or
+        in_channels/groups·kh·kw (Conv2d), +1 when ``include_bias`` (and the layer then has
+        a bias); one basis per conv group (one for a Linear); each basis with ``d`` rows.
+        Device and dtype are not checked (see :meth:`to`).
+        """
+        modules = dict(model.named_modules())
+        missing = [n for n in self._layers if n not in modules]
+        if missing:
+            raise KeyError(f"the bases name layers the model lacks: {missing}")
+        for name, lb in self._layers.items():
+            m = modules[name]
+            if isinstance(m, nn.Conv2d):
+                kind, groups = "conv2d", m.groups
+                k = m.in_channels // m.groups * math.prod(m.kernel_size)
+                what = (f"in_channels/groups*kh*kw = {m.in_channels}/{m.groups}"
+                        f"*{'*'.join(map(str, m.kernel_size))} = {k}")
+            elif isinstance(m, nn.Linear):
+                kind, groups, k = "linear", 1, m.in_features
+                what = f"in_features = {k}"
+            else:
+                raise TypeError(f"layer {name!r} is a {type(m).__name__}; bases apply only"
+                                " to nn.Linear and nn.Conv2d")
+            if lb.kind != kind:
+                raise ValueError(f"layer {name!r} is {kind}, but its bases are of kind"
+                                 f" {lb.kind!r}")
+            if lb.include_bias and getattr(m, "bias", None) is None:
+                raise ValueError(f"layer {name!r} has no bias, but its bases include it")
+            d = k + int(lb.include_bias)
+            if lb.d != d:
+                bias = " + 1 (bias)" if lb.include_bias else ""
+                raise ValueError(f"layer {name!r}: input dimension {what}{bias} = {d}, but the"
+                                 f" bases have d = {lb.d}")
+            if lb.groups != groups:
+                raise ValueError(f"layer {name!r} has {groups} group(s), the bases"
+                                 f" {lb.groups}")
+            rows = [tuple(B.shape) for B in lb.bases if B.dim() != 2 or B.shape[0] != lb.d]
+            if rows:
+                raise ValueError(f"layer {name!r}: bases must be ({lb.d}, m) matrices (d rows),"
+                                 f" got shapes {rows}")
 
     @classmethod
     def from_moments(cls, moments: SecondMoments, rule: Rule | str = Energy(0.99), *,
@@ -251,6 +356,11 @@ class NullSpace(Mapping[str, LayerBasis]):
 
     # -- persistence -----------------------------------------------------------------------
     def state_dict(self) -> tuple[dict[str, Tensor], dict]:
+        """``(tensors, meta)`` as :meth:`save` writes them.
+
+        ``tensors`` maps ``"<layer>/<group>"`` to that group's (d, m) basis; ``meta`` maps each
+        layer to ``{"kind", "d", "subtract", "ranks", "include_bias"}`` (JSON-serialisable).
+        """
         tensors, meta = {}, {}
         for name, lb in self._layers.items():
             for g, B in enumerate(lb.bases):
@@ -272,23 +382,37 @@ class NullSpace(Mapping[str, LayerBasis]):
 
     @classmethod
     def load(cls, path: str | os.PathLike, device=None) -> "NullSpace":
+        """Load bases written by :meth:`save` (safetensors for ``*.safetensors``, else torch).
+
+        ``device``: where to put the bases (default: CPU). Raises ``ValueError`` ("... holds no
+        unsc_fast bases ...") for a file of another layout, e.g. a model's state dict.
+        """
+        def bad(why: str) -> ValueError:
+            return ValueError(f"{path} holds no unsc_fast bases: {why}")
+
         if str(path).endswith(".safetensors"):
             from safetensors import safe_open
             with safe_open(str(path), framework="pt") as f:
-                meta = json.loads((f.metadata() or {}).get("unsc_fast", "null"))
-                if meta is None:
-                    raise ValueError(f"{path} holds no unsc_fast bases")
+                raw = (f.metadata() or {}).get("unsc_fast")
+                if raw is None:
+                    raise bad("its metadata has no 'unsc_fast' entry")
+                try:
+                    meta = json.loads(raw)
+                except ValueError:
+                    raise bad("its 'unsc_fast' metadata is not JSON") from None
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
         else:
             blob = torch.load(path, map_location="cpu", weights_only=True)
             if not isinstance(blob, dict) or "meta" not in blob:
-                raise ValueError(f"{path} holds no unsc_fast bases")
-            tensors, meta = blob["tensors"], blob["meta"]
+                raise bad("it is not a dict with 'meta' and 'tensors'")
+            meta, tensors = blob["meta"], blob.get("tensors")
+            if not isinstance(tensors, dict):
+                raise bad("its 'tensors' entry is missing or not a dict")
+        if not isinstance(meta, dict):
+            raise bad(f"its metadata is a {type(meta).__name__}, not a dict of layers")
         layers = {}
         for name, m in meta.items():
-            bases = [tensors[f"{name}/{g}"].to(device) for g in range(len(m["subtract"]))]
-            layers[name] = LayerBasis(m["kind"], m["d"], bases, list(m["subtract"]),
-                                      list(m["ranks"]), m["include_bias"])
+            layers[name] = _layer_from(name, m, tensors, bad).to(device)
         return cls(layers)
 
     def summary(self) -> str:
@@ -300,6 +424,37 @@ class NullSpace(Mapping[str, LayerBasis]):
             stored = "U_r" if all(lb.subtract) else "U_0" if not any(lb.subtract) else "mixed"
             rows.append(f"| {name} | {lb.kind} | {lb.d} | {ranks} | {stored} |")
         return "\n".join(rows)
+
+
+_META_KEYS = {"kind": str, "d": int, "subtract": list, "ranks": list, "include_bias": bool}
+
+
+def _layer_from(name: str, m, tensors: Mapping, bad: Callable[[str], ValueError]) -> LayerBasis:
+    """One layer's :class:`LayerBasis` from saved metadata and tensors, validating the layout."""
+    if not isinstance(m, dict):
+        raise bad(f"layer {name!r}: metadata is a {type(m).__name__}, not a dict")
+    for key, typ in _META_KEYS.items():
+        v = m.get(key)
+        if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
+            raise bad(f"layer {name!r}: {key!r} is {v!r}, not a {typ.__name__}")
+    d, subtract, ranks = m["d"], m["subtract"], m["ranks"]
+    if d < 1 or not subtract or len(ranks) != len(subtract) \
+            or not all(isinstance(s, bool) for s in subtract) \
+            or not all(isinstance(r, int) and not isinstance(r, bool) and 0 <= r <= d
+                       for r in ranks):
+        raise bad(f"layer {name!r}: d = {d!r}, subtract = {subtract!r}, ranks = {ranks!r}"
+                  " do not describe per-group bases")
+    bases = []
+    for g, (sub, r) in enumerate(zip(subtract, ranks)):
+        B = tensors.get(f"{name}/{g}")
+        if not isinstance(B, Tensor):
+            raise bad(f"tensor {name}/{g} is missing")
+        cols = r if sub else d - r
+        if B.dim() != 2 or tuple(B.shape) != (d, cols) or not B.is_floating_point():
+            raise bad(f"tensor {name}/{g} is {tuple(B.shape)} {B.dtype}, expected a floating"
+                      f" ({d}, {cols}) basis")
+        bases.append(B)
+    return LayerBasis(m["kind"], d, bases, list(subtract), list(ranks), m["include_bias"])
 
 
 def _grow_core(U: Tensor, C: Tensor, eps: float) -> Tensor:
