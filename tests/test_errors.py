@@ -147,3 +147,94 @@ def test_unlearn_rejects_bad_requests_and_leaves_model_alone():
                    backend="nope", progress=False)
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, state[k], rtol=0, atol=0)
+
+
+# -- found by a user review ------------------------------------------------------------------
+
+def test_collect_refuses_a_batch_the_model_cannot_take_before_any_layer_sees_it():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 6 * 6, 3))
+    m = uf.SecondMoments(model)
+    with pytest.raises(RuntimeError, match="input batch 0 .* statistics are unchanged"):
+        m.collect([torch.randn(4, 1, 9, 9)], progress=False)  # conv fits, linear does not
+    assert all(lm.n == 0 and not lm.S.any() for lm in m.moments.values())
+    m.collect([torch.randn(4, 1, 8, 8)], progress=False)
+    assert m.moments["0"].n == 4 * 36 and m.moments["2"].n == 4
+
+
+def test_collect_and_layers_arguments():
+    model = nn.Sequential(nn.Linear(3, 2))
+    with pytest.raises(ValueError, match="max_samples"):
+        uf.SecondMoments(model).collect([torch.randn(4, 3)], max_samples=0, progress=False)
+    assert uf.SecondMoments(model, layers="0").layers == ["0"]  # a name, not its characters
+
+
+def test_moments_file_is_loaded_without_running_code(tmp_path):
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 6 * 6, 3))
+    m = uf.SecondMoments(model).collect([torch.randn(4, 1, 8, 8)], progress=False)
+    m.save(tmp_path / "m.pt")
+    again = uf.SecondMoments(model).load(tmp_path / "m.pt")
+    torch.testing.assert_close(torch.triu(again.moments["0"].S), torch.triu(m.moments["0"].S))
+
+    class Payload:  # unpickling this would call print: weights_only refuses it
+        def __reduce__(self):
+            return (print, ("code ran",))
+    torch.save({"0": {"S": Payload()}}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="not a statistics file"):
+        uf.SecondMoments(model).load(tmp_path / "evil.pt")
+
+
+def test_saved_files_get_the_usual_mode(tmp_path):
+    import os
+    from unsc_fast.io import atomic_save
+    mask = os.umask(0o022)
+    try:
+        path = atomic_save(tmp_path / "f.bin", lambda f: f.write(b"x"))
+        assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0600
+        os.chmod(path, 0o640)
+        atomic_save(path, lambda f: f.write(b"y"))
+        assert path.stat().st_mode & 0o777 == 0o640  # a replaced file keeps its mode
+    finally:
+        os.umask(mask)
+
+
+def test_conv_input_smaller_than_the_kernel_is_a_value_error():
+    S = torch.zeros(1, 9, 9)
+    with pytest.raises(ValueError, match="smaller than the dilated kernel"):
+        uf.accumulate_conv_(S, torch.randn(1, 1, 2, 2), ConvGeometry((3, 3)))
+    uf.accumulate_conv_(S, torch.randn(1, 1, 1, 1), ConvGeometry((3, 3), pad=(1, 1, 1, 1)))
+
+
+def test_project_subtract_must_be_booleans():
+    G = torch.randn(2, 3)
+    before = G.clone()
+    with pytest.raises(TypeError, match="booleans"):
+        uf.ops.project_([G], [torch.eye(3)[:, :1]], ["no"])
+    torch.testing.assert_close(G, before, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kwargs,err,match", [
+    ({"lr": float("nan")}, ValueError, "lr must be"),
+    ({"lr": float("inf")}, ValueError, "lr must be"),
+    ({"epochs": 1.5}, ValueError, "epochs must be"),
+    ({"lr": 1e30}, FloatingPointError, "loss became"),
+])
+def test_unlearn_refuses_non_finite_learning(kwargs, err, match):
+    model, bases = _model_and_bases()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    forget = [(torch.randn(8, 6), torch.randint(0, 3, (8,)))]
+    with pytest.raises(err, match=match):
+        uf.unlearn(model, forget, bases=bases, forget_classes=[0], progress=False,
+                   **{"epochs": 3, **kwargs})
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, state[k], rtol=0, atol=0)
+
+
+def test_unlearn_refuses_bases_of_another_model_before_any_work():
+    _, bases = _model_and_bases()
+    other = nn.Sequential(nn.Linear(6, 5), nn.Flatten(), nn.Linear(5, 3))  # "1" has no weight
+    forget = [(torch.randn(8, 6), torch.randint(0, 3, (8,)))]
+    with pytest.raises((KeyError, TypeError, ValueError)):
+        uf.unlearn(nn.Sequential(nn.Linear(7, 3)), forget, bases=bases, progress=False)
+    renamed = uf.NullSpace({"1": bases["0"]})
+    with pytest.raises(TypeError, match="Linear"):
+        uf.unlearn(other, forget, bases=renamed, progress=False)

@@ -236,13 +236,9 @@ def load_bases(path: str | os.PathLike, model: nn.Module):
         if other is not None:
             raise CheckpointError(f"{str(p)!r} is not a bases file: it holds {other}") from None
         raise CheckpointError(f"bases file {str(p)!r} cannot be read: {exc}") from None
-    modules = dict(model.named_modules())
-    for name, lb in bases.items():
-        m = modules.get(name)
-        if m is None or not hasattr(m, "weight"):
-            raise CheckpointError(f"bases file {str(p)!r}: the model has no layer {name!r}")
-        d = m.weight[0].numel() + int(lb.include_bias)   # per group: C_in/g * kh * kw
-        if lb.d != d:
-            raise CheckpointError(f"bases file {str(p)!r}: layer {name!r} has input dimension"
-                                  f" {d}, the basis {lb.d}")
+    try:
+        bases.check(model)
+    except (KeyError, TypeError, ValueError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        raise CheckpointError(f"bases file {str(p)!r} does not fit the model: {msg}") from None
     return bases, job

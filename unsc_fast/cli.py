@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("UNSC_FAST_DEBUG"):
             raise
         msg = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-        if not isinstance(exc, (ValueError, OSError, ImportError)):
+        if not isinstance(exc, (ValueError, OSError, ImportError, ArithmeticError)):
             # not one of ours (a bug, or a check we lack): name it, offer the traceback
             msg = f"{type(exc).__name__}: {msg} (UNSC_FAST_DEBUG=1 shows the traceback)"
         msg = " ".join(msg.split()) or type(exc).__name__       # one line

@@ -21,6 +21,8 @@ def atomic_save(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> 
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+        # mkstemp makes the file private (0600); give it the mode open() would have.
+        os.chmod(tmp, _mode_of(path))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -28,3 +30,13 @@ def atomic_save(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> 
         raise
     return path
 
+
+
+def _mode_of(path: Path) -> int:
+    """The mode of the file being replaced, else 0666 less the process umask."""
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask

@@ -76,6 +76,9 @@ def accumulate_conv_(S: Tensor, x: Tensor, geom: ConvGeometry, *,
     if not S.is_contiguous():
         raise ValueError("S must be contiguous (it is written in place)")
     _check_same_device(S=S, x=x)
+    if min(geom.output_size(x.shape[2], x.shape[3])) < 1:
+        raise ValueError(f"input {tuple(x.shape[2:])} (padding {geom.pad}) is smaller than the"
+                         f" dilated kernel {geom.kernel_size} (dilation {geom.dilation})")
     if x.shape[0] == 0:
         return S
     _, fn = dispatch.resolve("accumulate_conv", S.device, (S, x, geom), backend)
@@ -86,7 +89,11 @@ def accumulate_conv_(S: Tensor, x: Tensor, geom: ConvGeometry, *,
 def project_(grads: Sequence[Tensor], bases: Sequence[Tensor], subtract: Sequence[bool], *,
              backend: str | None = None) -> None:
     """Project many gradients in one call, in place. See the module docstring."""
-    grads, bases, subtract = list(grads), list(bases), [bool(s) for s in subtract]
+    grads, bases, subtract = list(grads), list(bases), list(subtract)
+    bad = [s for s in subtract if not isinstance(s, (bool, int)) or isinstance(s, float)]
+    if bad or any(s not in (0, 1) for s in subtract):
+        raise TypeError(f"subtract must hold booleans, got {subtract!r}")
+    subtract = [bool(s) for s in subtract]
     if not (len(grads) == len(bases) == len(subtract)):
         raise ValueError(f"grads, bases and subtract differ in length:"
                          f" {len(grads)}, {len(bases)}, {len(subtract)}")

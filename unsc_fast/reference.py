@@ -57,7 +57,15 @@ class ConvGeometry:
         return None
 
     def patch_dim(self, in_channels: int) -> int:
+        """Length of one group's patch vector: C_in/groups · kh · kw."""
         return in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """(OH, OW) of the conv on an (H, W) input; ≤ 0 where the window does not fit."""
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        left, right, top, bottom = self.pad
+        return ((height + top + bottom - dh * (kh - 1) - 1) // sh + 1,
+                (width + left + right - dw * (kw - 1) - 1) // sw + 1)
 
 
 def conv_patches(x: Tensor, geom: ConvGeometry) -> Tensor:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -125,6 +126,8 @@ class SecondMoments:
     def __post_init__(self) -> None:
         if self.dtype not in (torch.float32, torch.float64):
             raise TypeError(f"dtype must be torch.float32 or torch.float64, got {self.dtype}")
+        if isinstance(self.layers, str):  # one name, not its characters
+            self.layers = [self.layers]
         self._modules = supported_layers(self.model, self.layers)
         self.layers = list(self._modules)
         self.moments = {n: _new_moments(m, self.dtype, self.include_bias)
@@ -171,13 +174,20 @@ class SecondMoments:
 
         ``data`` yields input tensors or ``(inputs, labels, ...)`` tuples. ``max_samples``
         caps the number of samples (a budget for large D_r). Raises on empty data.
+
+        A batch the model cannot take (wrong shape, dtype or device) raises before any layer
+        has seen it: each new input shape is first tried on one sample without the hooks.
         """
+        if max_samples is not None and max_samples < 1:
+            raise ValueError(f"max_samples must be a positive number of samples or None,"
+                             f" got {max_samples}")
         device = torch.device(device) if device is not None else _model_device(self.model)
         was_training = self.model.training
         self.model.eval()
         seen = 0
+        tried: set[tuple] = set()
         try:
-            with self.hooks(), _progress(data, progress, "second moments") as batches:
+            with _progress(data, progress, "second moments") as batches:
                 for i, batch in enumerate(batches):
                     x = batch[0] if isinstance(batch, (tuple, list)) else batch
                     if max_samples is not None:
@@ -189,7 +199,17 @@ class SecondMoments:
                             not bool(torch.isfinite(x).all()):
                         raise ValueError(f"input batch {i} holds NaN or Inf; the statistics"
                                          " are unchanged by it")
-                    self.model(x)
+                    key = (tuple(x.shape[1:]), x.dtype)
+                    if key not in tried:
+                        try:
+                            self.model(x[:1])
+                        except Exception as exc:
+                            raise _reworded(exc, f"input batch {i} {tuple(x.shape)} does not"
+                                            f" fit the model ({exc}); the statistics are"
+                                            " unchanged by it") from exc
+                        tried.add(key)
+                    with self.hooks():
+                        self.model(x)
                     seen += len(x)
         finally:
             self.model.train(was_training)
@@ -236,10 +256,15 @@ class SecondMoments:
         return all_reduce_moments_(self, group=group, bucket_mb=bucket_mb)
 
     def state_dict(self) -> dict:
+        """Per layer: kind, upper-triangular S, n, colsum and the conv geometry as plain
+        values (loadable with ``torch.load(weights_only=True)``)."""
         return {name: {"kind": lm.kind, "S": torch.triu(lm.S), "n": lm.n, "colsum": lm.colsum,
-                       "geometry": lm.geometry} for name, lm in self.moments.items()}
+                       "geometry": None if lm.geometry is None else asdict(lm.geometry)}
+                for name, lm in self.moments.items()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Replace the statistics with those of :meth:`state_dict` (same layers and shapes;
+        checked for every layer before any is written)."""
         if state.keys() != self.moments.keys():
             raise ValueError(f"statistics are for layers {sorted(state)}, this model has"
                              f" {sorted(self.moments)}")
@@ -260,15 +285,30 @@ class SecondMoments:
         atomic_save(path, lambda f: torch.save(self.state_dict(), f))
 
     def load(self, path: str | os.PathLike) -> "SecondMoments":
-        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=False))
+        """Load statistics written by :meth:`save` (tensors and plain values only: the file
+        cannot run code)."""
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise ValueError(f"{str(path)!r} is not a statistics file of SecondMoments.save"
+                             f" ({str(exc).splitlines()[0]})") from None
+        if not isinstance(state, dict) or not all(
+                isinstance(v, dict) and "S" in v for v in state.values()):
+            raise ValueError(f"{str(path)!r} is not a statistics file of SecondMoments.save")
+        self.load_state_dict(state)
         return self
 
 
+def _reworded(exc: Exception, message: str) -> Exception:
+    """The same kind of error with a message that says where it came from."""
+    try:
+        return type(exc)(message)
+    except Exception:  # an exception type that takes other arguments
+        return RuntimeError(message)
+
+
 def _conv_positions(x: Tensor, g: ConvGeometry) -> int:
-    H = x.shape[-2] + g.pad[2] + g.pad[3]
-    W = x.shape[-1] + g.pad[0] + g.pad[1]
-    oh = (H - g.dilation[0] * (g.kernel_size[0] - 1) - 1) // g.stride[0] + 1
-    ow = (W - g.dilation[1] * (g.kernel_size[1] - 1) - 1) // g.stride[1] + 1
+    oh, ow = g.output_size(x.shape[-2], x.shape[-1])
     return max(oh, 0) * max(ow, 0)
 
 

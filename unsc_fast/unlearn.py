@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -112,11 +113,15 @@ def unlearn(model: nn.Module, forget: Iterable, retain: Iterable | None = None, 
     Returns:
         ``UnlearnResult(model, bases, report)`` with the unlearned copy.
     """
-    if epochs < 0 or lr <= 0:
-        raise ValueError(f"need epochs >= 0 and lr > 0, got epochs={epochs}, lr={lr}")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
     if relabel not in ("pseudo", "random"):
         raise ValueError(f"relabel must be 'pseudo' or 'random', got {relabel!r}")
     rule = parse_rule(rule)
+    if project and bases is not None:
+        bases.check(model)  # before any data is touched
     device = _model_device(model)
     dataset = getattr(forget, "dataset", None)
     n_forget = len(dataset) if dataset is not None else sum(len(x) for x, _ in _batches(forget))
@@ -171,12 +176,18 @@ def unlearn(model: nn.Module, forget: Iterable, retain: Iterable | None = None, 
                         scores = torch.rand(scores.shape, generator=gen).to(scores)
                     target = pseudo_labels(scores, y, forget_classes)
                 loss = F.cross_entropy(unlearned(x), target)
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise FloatingPointError(
+                        f"the unlearning loss became {value} in epoch {len(report.epoch_loss)}"
+                        f" (lr={lr}); lower lr or check D_f for NaN/Inf. The original model is"
+                        " unchanged")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if project:
                     project_(unlearned, bases, backend=backend)
                 opt.step()
-                total += loss.item() * len(x)
+                total += value * len(x)
                 count += len(x)
             report.epoch_loss.append(total / count)
     report.time_unlearn = time.perf_counter() - t
