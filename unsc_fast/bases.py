@@ -161,14 +161,17 @@ class LayerBasis:
 
     @property
     def groups(self) -> int:
+        """Number of bases: the conv groups (1 for a Linear)."""
         return len(self.bases)
 
     @property
     def dtype(self) -> torch.dtype:
+        """The bases' dtype (that of group 0; all groups share it)."""
         return self.bases[0].dtype
 
     @property
     def device(self) -> torch.device:
+        """The bases' device (that of group 0; all groups share it)."""
         return self.bases[0].device
 
     def to(self, device=None, dtype=None) -> "LayerBasis":

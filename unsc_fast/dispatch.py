@@ -106,6 +106,8 @@ def _tuned_choice(op: str, device_type: str) -> str | None:
 
 
 def requested_backend(backend: str | None = None) -> str:
+    """The backend asked for: ``backend``, else ``$UNSC_FAST_BACKEND``, else ``"auto"``
+    (lower-cased; an unknown name is a ValueError)."""
     name = (backend or os.environ.get(ENV_VAR) or "auto").strip().lower()
     if name != "auto" and name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {('auto',) + BACKENDS}"

@@ -42,6 +42,7 @@ class ConvGeometry:
 
     @classmethod
     def of(cls, conv: nn.Conv2d) -> "ConvGeometry":
+        """The geometry of an ``nn.Conv2d`` layer."""
         return cls(
             kernel_size=tuple(conv.kernel_size), stride=tuple(conv.stride),
             pad=tuple(conv._reversed_padding_repeated_twice), dilation=tuple(conv.dilation),

@@ -39,10 +39,12 @@ class LayerMoments:
 
     @property
     def groups(self) -> int:
+        """Conv groups (1 for a Linear): one S per group."""
         return self.S.shape[0]
 
     @property
     def dim(self) -> int:
+        """d, the length of one input (patch) vector per group."""
         return self.S.shape[-1]
 
     def covariance(self, include_bias: bool = False, dtype: torch.dtype = torch.float64

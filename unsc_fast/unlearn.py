@@ -32,11 +32,15 @@ class UnlearnReport:
     forget_samples: int = 0
 
     def as_dict(self) -> dict:
+        """The report as plain JSON-able values (field name -> value)."""
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
 @dataclass
 class UnlearnResult:
+    """What :func:`unlearn` returns: the unlearned copy, the bases it used (None without
+    projection) and the report."""
+
     model: nn.Module
     bases: NullSpace | None
     report: UnlearnReport
