@@ -33,21 +33,23 @@ def _mib(b) -> str:
     return f"{b / 2**20:.1f}"
 
 
+def _md_table(header: list[str], rows: list[list]) -> str:
+    """A markdown table: the header, the separator line, one line per row of cells."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(f"{c}" for c in cells) + " |" for cells in rows]
+    return "\n".join(lines)
+
+
 def case_table(res: dict) -> str:
     """Every (case, implementation) row."""
-    lines = ["| op | shape set | case | dtype | impl | median ms | IQR ms | x ref | x torch |"
-             " GB/s | TFLOP/s | % roofline | peak extra MiB | rel. err |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in res["cases"]:
-        if r.get("status") != "ok":
-            continue
-        lines.append(
-            f"| {r['op']} | {r['shape_set']} | {r['label']} | {r['dtype']} | {r['backend']} |"
-            f" {_ms(r['median_s'])} | {_ms(r['iqr_s'])} | {_f(r['ratio_vs_reference'])} |"
-            f" {_f(r['ratio_vs_torch'])} | {_f(r['GBps'], '{:.1f}')} |"
-            f" {_f(r['TFLOPs'], '{:.3f}')} | {_f(r['pct_roofline'], '{:.0f}')} |"
-            f" {_mib(r['peak_mem_bytes'])} | {_f(r.get('max_rel_err'), '{:.1e}')} |")
-    return "\n".join(lines)
+    header = ["op", "shape set", "case", "dtype", "impl", "median ms", "IQR ms", "x ref",
+              "x torch", "GB/s", "TFLOP/s", "% roofline", "peak extra MiB", "rel. err"]
+    return _md_table(header, [
+        [r["op"], r["shape_set"], r["label"], r["dtype"], r["backend"], _ms(r["median_s"]),
+         _ms(r["iqr_s"]), _f(r["ratio_vs_reference"]), _f(r["ratio_vs_torch"]),
+         _f(r["GBps"], "{:.1f}"), _f(r["TFLOPs"], "{:.3f}"), _f(r["pct_roofline"], "{:.0f}"),
+         _mib(r["peak_mem_bytes"]), _f(r.get("max_rel_err"), "{:.1e}")]
+        for r in res["cases"] if r.get("status") == "ok"])
 
 
 def _by_op_backend(res: dict) -> dict:
@@ -88,15 +90,14 @@ def _attach_ref_mem(res: dict) -> None:
 
 
 def e2e_table(e2e: dict) -> str:
-    lines = ["| pipeline | statistics s | bases s | unlearning s | total s | x authors-style |"
-             " Acc_r % | Acc_f % |", "|---|---|---|---|---|---|---|---|"]
-    for r in e2e["rows"]:
-        lines.append(
-            f"| {r['pipeline']} | {_f(r.get('time_stats_s'), '{:.3f}')} |"
-            f" {_f(r.get('time_bases_s'), '{:.3f}')} | {_f(r.get('time_unlearn_s'), '{:.2f}')} |"
-            f" {_f(r.get('time_total_s'), '{:.2f}')} | {_f(r.get('speedup_vs_authors'))} |"
-            f" {_f(r.get('acc_r'), '{:.1f}')} | {_f(r.get('acc_f'), '{:.1f}')} |")
-    return "\n".join(lines)
+    header = ["pipeline", "statistics s", "bases s", "unlearning s", "total s",
+              "x authors-style", "Acc_r %", "Acc_f %"]
+    return _md_table(header, [
+        [r["pipeline"], _f(r.get("time_stats_s"), "{:.3f}"), _f(r.get("time_bases_s"), "{:.3f}"),
+         _f(r.get("time_unlearn_s"), "{:.2f}"), _f(r.get("time_total_s"), "{:.2f}"),
+         _f(r.get("speedup_vs_authors")), _f(r.get("acc_r"), "{:.1f}"),
+         _f(r.get("acc_f"), "{:.1f}")]
+        for r in e2e["rows"]])
 
 
 def summary_md(res: dict) -> str:
@@ -118,16 +119,15 @@ def summary_md(res: dict) -> str:
     if m.get("notes"):
         out.append("")
         out += [f"*{n}*" for n in m["notes"]]
-    out += ["", "| op | impl | cases | speed-up vs reference (geo-mean, min-max) |"
-            " vs torch primitive (geo-mean) | median % of roofline | peak memory vs reference |",
-            "|---|---|---|---|---|---|---|"]
-    for r in headline_rows(res):
-        out.append(
-            f"| {r['op']} | {r['backend']} | {r['cases']} |"
-            f" {_f(r['gmean_vs_reference'])}x ({_f(r['min_vs_reference'])}-"
-            f"{_f(r['max_vs_reference'])}) |"
-            f" {_f(r['gmean_vs_torch'], '{:.2f}x')} | {_f(r['median_pct_roofline'], '{:.0f}')} |"
-            f" {_f(r['median_mem_ratio'], '{:.2f}x')} |")
+    header = ["op", "impl", "cases", "speed-up vs reference (geo-mean, min-max)",
+              "vs torch primitive (geo-mean)", "median % of roofline", "peak memory vs reference"]
+    out += ["", _md_table(header, [
+        [r["op"], r["backend"], r["cases"],
+         f"{_f(r['gmean_vs_reference'])}x ({_f(r['min_vs_reference'])}-"
+         f"{_f(r['max_vs_reference'])})",
+         _f(r["gmean_vs_torch"], "{:.2f}x"), _f(r["median_pct_roofline"], "{:.0f}"),
+         _f(r["median_mem_ratio"], "{:.2f}x")]
+        for r in headline_rows(res)])]
     out.append("")
     out.append("Speed-up = reference time / implementation time (median of interleaved"
                " repetitions; > 1 is faster). `torch` is the best plain-torch primitive for the"
@@ -177,7 +177,22 @@ def plots(res: dict, out_dir: Path) -> list[Path]:
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.yaxis.set_minor_formatter(NullFormatter())
 
+    def label_axes(ax, op, xlabel, ylabel):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(op)
+        ax.legend(fontsize=7)
+        ax.grid(True, which="both", alpha=0.3)
+
     written = []
+
+    def save_fig(fig, name):
+        fig.tight_layout()
+        p = out_dir / name
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        written.append(p)
+
     cases = [r for r in res["cases"] if r.get("status") == "ok" and r["op"] in OPS]
     ops = [op for op in OPS if any(r["op"] == op for r in cases)]
     title = f"{res['meta']['device']}: {res['meta'].get('gpu') or res['meta'].get('cpu_model')}"
@@ -199,17 +214,9 @@ def plots(res: dict, out_dir: Path) -> list[Path]:
             fmt(ax, y_suffix="x")
             ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0e}"))
-            ax.set_xlabel("FLOPs per call (dense-equivalent)")
-            ax.set_ylabel("speed-up vs reference")
-            ax.set_title(op)
-            ax.legend(fontsize=7)
-            ax.grid(True, which="both", alpha=0.3)
+            label_axes(ax, op, "FLOPs per call (dense-equivalent)", "speed-up vs reference")
         fig.suptitle(f"Speed-up vs size ({title})", fontsize=10)
-        fig.tight_layout()
-        p = out_dir / "speedup.png"
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        written.append(p)
+        save_fig(fig, "speedup.png")
 
         fig, axes = plt.subplots(1, len(ops), figsize=(5.2 * len(ops), 4.2), squeeze=False)
         for ax, op in zip(axes[0], ops):
@@ -224,17 +231,9 @@ def plots(res: dict, out_dir: Path) -> list[Path]:
             fmt(ax)
             for axis in (ax.xaxis, ax.yaxis):
                 axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-            ax.set_xlabel("inputs + state (MiB)")
-            ax.set_ylabel("peak extra memory of one call (MiB)")
-            ax.set_title(op)
-            ax.legend(fontsize=7)
-            ax.grid(True, which="both", alpha=0.3)
+            label_axes(ax, op, "inputs + state (MiB)", "peak extra memory of one call (MiB)")
         fig.suptitle(f"Peak extra memory vs size ({title}); floor at 4 KiB", fontsize=10)
-        fig.tight_layout()
-        p = out_dir / "memory.png"
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        written.append(p)
+        save_fig(fig, "memory.png")
 
     if res.get("e2e"):
         rows = res["e2e"]["rows"]
@@ -252,11 +251,7 @@ def plots(res: dict, out_dir: Path) -> list[Path]:
         ax.invert_yaxis()
         ax.legend(fontsize=8)
         ax.set_title(f"End to end ({title})", fontsize=10)
-        fig.tight_layout()
-        p = out_dir / "e2e.png"
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        written.append(p)
+        save_fig(fig, "e2e.png")
     return written
 
 

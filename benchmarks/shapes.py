@@ -236,17 +236,15 @@ def suite(device: str, preset: str) -> list[CaseSpec]:
     """The cases of one run, in the order they are timed (cheap and important ones first)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS}")
+    if preset == "smoke":  # one case of each op, the same on every device
+        return [accumulate_case("resnet18.fc", 128), conv_case("vgg11.conv0", 1),
+                project_case("resnet18", 0.25, only=["fc"]), eigh_case(64)]
     if device == "cuda":
         return _cuda_suite(preset)
     return _cpu_suite(preset)
 
 
 def _cpu_suite(preset: str) -> list[CaseSpec]:
-    if preset == "smoke":
-        return [accumulate_case("resnet18.fc", 128),
-                conv_case("vgg11.conv0", 1),
-                project_case("resnet18", 0.25, only=["fc"]),
-                eigh_case(64)]
     cases: list[CaseSpec] = []
     if preset == "quick":
         acc = [("resnet18.fc", (128, 1024, 8192)), ("vit_b.attn.qkv", (128, 1024, 8192)),
@@ -277,9 +275,6 @@ def _cpu_suite(preset: str) -> list[CaseSpec]:
 
 
 def _cuda_suite(preset: str) -> list[CaseSpec]:
-    if preset == "smoke":
-        return [accumulate_case("resnet18.fc", 128), conv_case("vgg11.conv0", 1),
-                project_case("resnet18", 0.25, only=["fc"]), eigh_case(64)]
     dtypes = ("float32", "bfloat16")
     acc_layers = ["resnet18.fc", "vit_b.attn.qkv", "vit_b.mlp.fc2", "llama2_7b.attn.q",
                   "llama2_7b.mlp.down", "llama3_8b.mlp.down"]
@@ -303,23 +298,15 @@ def _cuda_suite(preset: str) -> list[CaseSpec]:
 def tune_cases(device: str) -> dict[str, list[CaseSpec]]:
     """Representative shapes per op for ``benchmarks.tune`` (fp32, a spread of sizes)."""
     if device == "cuda":
-        return {
-            "accumulate": [accumulate_case("vit_b.attn.qkv", 1024),
-                           accumulate_case("vit_b.mlp.fc2", 8192),
-                           accumulate_case("llama2_7b.attn.q", 8192)],
-            "accumulate_conv": [conv_case("resnet18.layer1.0.conv1", 128),
-                                conv_case("resnet18.layer3.0.conv2", 128),
-                                conv_case("allcnn.features.4", 128)],
-            "project": [project_case("resnet18", 0.05), project_case("vit_b", 0.25),
-                        project_case("llama2_7b", 0.05)],
-        }
-    return {
-        "accumulate": [accumulate_case("resnet18.fc", 1024),
-                       accumulate_case("vit_b.attn.qkv", 8192),
-                       accumulate_case("vit_b.mlp.fc2", 1024)],
-        "accumulate_conv": [conv_case("resnet18.layer1.0.conv1", 8),
-                            conv_case("resnet18.layer3.0.conv2", 16),
-                            conv_case("allcnn.features.4", 4)],
-        "project": [project_case("allcnn", 0.25), project_case("resnet18", 0.05),
-                    project_case("vit_b", 0.05)],
-    }
+        acc = [("vit_b.attn.qkv", 1024), ("vit_b.mlp.fc2", 8192), ("llama2_7b.attn.q", 8192)]
+        conv = [("resnet18.layer1.0.conv1", 128), ("resnet18.layer3.0.conv2", 128),
+                ("allcnn.features.4", 128)]
+        proj = [("resnet18", 0.05), ("vit_b", 0.25), ("llama2_7b", 0.05)]
+    else:
+        acc = [("resnet18.fc", 1024), ("vit_b.attn.qkv", 8192), ("vit_b.mlp.fc2", 1024)]
+        conv = [("resnet18.layer1.0.conv1", 8), ("resnet18.layer3.0.conv2", 16),
+                ("allcnn.features.4", 4)]
+        proj = [("allcnn", 0.25), ("resnet18", 0.05), ("vit_b", 0.05)]
+    return {"accumulate": [accumulate_case(key, n) for key, n in acc],
+            "accumulate_conv": [conv_case(key, batch) for key, batch in conv],
+            "project": [project_case(m, f) for m, f in proj]}

@@ -5,6 +5,7 @@ import argparse
 import os
 import sys
 import time
+from functools import partial
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -113,6 +114,14 @@ def _eval_flags(p: argparse.ArgumentParser) -> None:
                    help="skip the membership-inference attacks")
 
 
+def _job(p: argparse.ArgumentParser, func, *groups) -> None:
+    """Finish a job subcommand after its own options: the common flag group, then ``groups``
+    in the order its help lists them, and ``func`` to run it."""
+    for add_group in (_common, *groups):
+        add_group(p)
+    p.set_defaults(func=func)
+
+
 def _config(args: argparse.Namespace):
     from .config import build_config
     return build_config(args.config, vars(args))
@@ -179,18 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint to write (.safetensors, or .pt/.pth for torch.save)")
     t.add_argument("--exclude-classes", type=int, nargs="+", metavar="C",
                    help="leave these classes out of training (the retrain baseline)")
-    _common(t)
-    _train_flags(t, primary=True)
-    t.set_defaults(func=_train)
+    _job(t, _train, partial(_train_flags, primary=True))
 
     s = sub.add_parser("stats", help="second moments of every layer's inputs over D_r, saved")
     s.add_argument("--checkpoint", required=True, metavar="CKPT", help="the original model")
     s.add_argument("--out", required=True, metavar="FILE", help="statistics file to write")
     s.add_argument("--bases-out", metavar="FILE", help="also compute and save the bases")
-    _common(s)
-    _scenario(s)
-    _unlearn_flags(s)
-    s.set_defaults(func=_stats)
+    _job(s, _stats, _scenario, _unlearn_flags)
 
     u = sub.add_parser("unlearn", help="forget D_f from a checkpoint (UNSC or a baseline)")
     u.add_argument("--checkpoint", required=True, metavar="CKPT", help="the original model")
@@ -202,20 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
                    " grad_ascent | random_labels | random_labels_proj | boundary_shrink | salun")
     u.add_argument("--report", metavar="JSON", help="evaluate before/after, write a report")
     u.add_argument("--bases-out", metavar="FILE", help="save the bases UNSC computed")
-    _common(u)
-    _scenario(u)
-    _unlearn_flags(u)
-    _train_flags(u)
-    _eval_flags(u)
-    u.set_defaults(func=_unlearn)
+    _job(u, _unlearn, _scenario, _unlearn_flags, _train_flags, _eval_flags)
 
     e = sub.add_parser("evaluate", help="Acc_r / Acc_f / train accuracies / MIA of checkpoints")
     e.add_argument("--checkpoint", required=True, nargs="+", metavar="CKPT")
     e.add_argument("--out", metavar="JSON", help="write the JSON report here")
-    _common(e)
-    _scenario(e)
-    _eval_flags(e)
-    e.set_defaults(func=_evaluate)
+    _job(e, _evaluate, _scenario, _eval_flags)
 
     c = sub.add_parser("compare", help="original vs retrain vs UNSC vs baselines over seeds:"
                        " report.json, results.md, per_class.png, methods.png")
@@ -223,12 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--methods", nargs="+", metavar="M", help="methods (default: all)")
     c.add_argument("--seeds", type=int, nargs="+", metavar="S", help="seeds (default: 0)")
     c.add_argument("--no-figures", action="store_true", help="skip the PNGs")
-    _common(c)
-    _scenario(c)
-    _train_flags(c)
-    _unlearn_flags(c)
-    _eval_flags(c)
-    c.set_defaults(func=_compare)
+    _job(c, _compare, _scenario, _train_flags, _unlearn_flags, _eval_flags)
     return p
 
 
