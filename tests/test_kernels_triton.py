@@ -334,6 +334,41 @@ def test_registered_devices():
     assert hasattr(torch.ops.unsc_fast_triton, "project_")
 
 
+def test_launches_under_the_tensors_device(monkeypatch):
+    """Triton launches on the *current* GPU: each wrapper makes the tensors' GPU current first
+    (checked with stand-ins, so that it runs without a second GPU)."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from unsc_fast.kernels import triton as tb
+
+    events = []
+
+    @contextlib.contextmanager
+    def fake_device(dev):
+        events.append(("enter", dev))
+        yield
+        events.append(("exit", dev))
+
+    monkeypatch.setattr(torch.cuda, "device", fake_device)
+    record = (lambda name: lambda *a: events.append(name))  # noqa: E731
+    monkeypatch.setattr(tb._acc, "syrk_", record("syrk_"))
+    monkeypatch.setattr(tb._acc, "syrk_conv_", record("syrk_conv_"))
+    monkeypatch.setattr(tb._proj, "project_", record("project_"))
+    dev = torch.device("cuda", 1)
+    t = SimpleNamespace(device=dev)
+    tb.accumulate(t, t)
+    tb.accumulate_conv(t, t, ConvGeometry((3, 3)))
+    tb.project([t], [t], [True])
+    assert events == [("enter", dev), "syrk_", ("exit", dev),
+                      ("enter", dev), "syrk_conv_", ("exit", dev),
+                      ("enter", dev), "project_", ("exit", dev)]
+    events.clear()
+    cpu = SimpleNamespace(device=torch.device("cpu"))
+    tb.accumulate(cpu, cpu)
+    assert events == ["syrk_"]
+
+
 _TRACE_SCRIPT = """
 import torch
 from torch._dynamo.backends.common import aot_autograd

@@ -17,6 +17,7 @@ GPU driver nor the interpreter; dispatch then records the backend as unavailable
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 
@@ -46,9 +47,16 @@ from . import triton_project as _proj  # noqa: E402
 DEVICES = ("cuda", "cpu") if INTERPRET else ("cuda",)
 
 
+def _on_device(t: Tensor):
+    """Make t's GPU the current one: Triton launches on the current device and stream, not on
+    the tensors' (a tensor on cuda:1 while cuda:0 is current would be an illegal access)."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
 @dispatch.register("accumulate", "triton", devices=DEVICES)
 def accumulate(S: Tensor, X: Tensor) -> Tensor:
-    _acc.syrk_(S, X, 0, _acc.allow_tf32())
+    with _on_device(S):
+        _acc.syrk_(S, X, 0, _acc.allow_tf32())
     return S
 
 
@@ -59,12 +67,14 @@ def conv_supported(S: Tensor, x: Tensor, geom: ConvGeometry) -> bool:
 
 @dispatch.register("accumulate_conv", "triton", devices=DEVICES, supports=conv_supported)
 def accumulate_conv(S: Tensor, x: Tensor, geom: ConvGeometry) -> Tensor:
-    _acc.syrk_conv_(S, x, list(geom.kernel_size), list(geom.stride),
-                    list(geom.symmetric_padding), list(geom.dilation), geom.groups, 0,
-                    _acc.allow_tf32())
+    with _on_device(S):
+        _acc.syrk_conv_(S, x, list(geom.kernel_size), list(geom.stride),
+                        list(geom.symmetric_padding), list(geom.dilation), geom.groups, 0,
+                        _acc.allow_tf32())
     return S
 
 
 @dispatch.register("project", "triton", devices=DEVICES)
 def project(grads: Sequence[Tensor], bases: Sequence[Tensor], subtract: Sequence[bool]) -> None:
-    _proj.project_(list(grads), list(bases), [bool(s) for s in subtract])
+    with _on_device(grads[0]):
+        _proj.project_(list(grads), list(bases), [bool(s) for s in subtract])

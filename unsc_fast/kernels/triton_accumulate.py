@@ -147,7 +147,7 @@ def _convert(t, COMPUTE: tl.constexpr):
 @triton.jit
 def _add_tile(S_ptr, acc, offs_i, offs_j, d, n_splits):
     """S[offs_i, offs_j] += acc (S row-major d x d): plain RMW alone, atomics when split."""
-    ptrs = S_ptr + offs_i[:, None] * d + offs_j[None, :]
+    ptrs = S_ptr + offs_i.to(tl.int64)[:, None] * d + offs_j[None, :]  # d*d may pass 2^31
     mask = (offs_i < d)[:, None] & (offs_j < d)[None, :]
     if n_splits == 1:
         tl.store(ptrs, tl.load(ptrs, mask=mask, other=0.0) + acc, mask=mask)
