@@ -238,3 +238,15 @@ def test_unlearn_refuses_bases_of_another_model_before_any_work():
     renamed = uf.NullSpace({"1": bases["0"]})
     with pytest.raises(TypeError, match="Linear"):
         uf.unlearn(other, forget, bases=renamed, progress=False)
+
+
+def test_project_refuses_gradients_that_alias():
+    G = torch.randn(3, 4)
+    B = torch.linalg.qr(torch.randn(4, 2))[0]
+    with pytest.raises(ValueError, match="broadcast"):
+        uf.ops.project_([torch.randn(1, 4).expand(3, 4)], [B], [True])
+    with pytest.raises(ValueError, match="same memory"):
+        uf.ops.project_([G, G], [B, B], [True, True])
+    before = G.clone()
+    uf.ops.project_([G[:1], G[1:]], [B, B], [True, False])  # disjoint rows of one tensor: fine
+    assert not torch.equal(G, before)

@@ -111,5 +111,17 @@ def project_(grads: Sequence[Tensor], bases: Sequence[Tensor], subtract: Sequenc
         _check_same_device(grad=G, basis=B)
     if len({G.device for G in grads}) > 1:
         raise ValueError("all gradients of one project_ call must be on one device")
+    # Written in place by many threads or GPU programs at once: no element may be reachable
+    # twice (a broadcast view, or one gradient passed twice).
+    for i, G in enumerate(grads):
+        if any(st == 0 and n > 1 for st, n in zip(G.stride(), G.shape)):
+            raise ValueError(f"grads[{i}] is a broadcast view (stride 0): its rows share"
+                             " memory; pass a real tensor (e.g. .contiguous())")
+    seen: dict[tuple, int] = {}
+    for i, G in enumerate(grads):
+        key = (G.data_ptr(), tuple(G.shape), G.stride()) if G.numel() else (i,)
+        if key in seen:
+            raise ValueError(f"grads[{i}] and grads[{seen[key]}] are the same memory")
+        seen[key] = i
     _, fn = dispatch.resolve("project", grads[0].device, (grads, bases, subtract), backend)
     fn(grads, bases, subtract)

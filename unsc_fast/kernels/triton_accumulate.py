@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-# UNSC_FAST_TRITON_AUTOTUNE=0: no measuring, the first candidate tiling of each kernel is used.
+# UNSC_FAST_TRITON_AUTOTUNE=0: no measuring, the last (smallest, always fitting) tiling is used.
 AUTOTUNE = os.environ.get("UNSC_FAST_TRITON_AUTOTUNE", "1") != "0"
 
 # How the loaded tiles are converted before tl.dot: keep the input dtype, or cast.
@@ -41,8 +41,10 @@ def configs_for(major: int | None) -> list[triton.Config]:
 
     Hopper (9.x) has 228 KB of shared memory per SM and gets large tiles and deeper pipelines;
     Ampere/Ada (8.x, 100-164 KB) smaller ones. ``ptxas -v`` shows no spills in the main loop
-    for any of them (the 128-wide ones spill a little in the one-off epilogue). Autotuning picks among them per (d, n bucket,
-    dtypes), skipping those that do not fit (Triton reports OutOfResources for them). The interpreter runs one program at a time in numpy: one small config.
+    for any of them (the 128-wide ones spill a little in the one-off epilogue). Autotuning
+    picks among them per (d, n bucket, dtypes), skipping those that do not fit (Triton reports
+    OutOfResources for them). The interpreter runs one program at a time in numpy: one small
+    config.
     """
     if major is None:
         return [triton.Config({"BLOCK_D": 32, "BLOCK_K": 32}, num_warps=4, num_stages=1)]
@@ -84,8 +86,8 @@ def _arch() -> int | None:
 
 CONFIGS = configs_for(_arch())
 CONV_CONFIGS = conv_configs_for(_arch())
-if not AUTOTUNE:
-    CONFIGS, CONV_CONFIGS = CONFIGS[:1], CONV_CONFIGS[:1]
+if not AUTOTUNE:  # the last tiling fits every GPU's shared memory, fp64 included
+    CONFIGS, CONV_CONFIGS = CONFIGS[-1:], CONV_CONFIGS[-1:]
 
 
 def _sm_count(device: torch.device) -> int:
