@@ -293,7 +293,7 @@ class NullSpace(Mapping[str, LayerBasis]):
     def from_moments(cls, moments: SecondMoments, rule: Rule | str = Energy(0.99), *,
                      include_bias: bool | None = None, store: str = "auto",
                      dtype: torch.dtype = torch.float32, distribute: bool = False,
-                     group=None) -> "NullSpace":
+                     group=None, progress: bool = False) -> "NullSpace":
         """Bases of every layer of ``moments`` under a rank rule (default ε = 0.99).
 
         ``store``: ``"auto"`` keeps the smaller of U_r and U_0, ``"core"`` or ``"null"`` force
@@ -301,7 +301,8 @@ class NullSpace(Mapping[str, LayerBasis]):
         ``distribute=True`` (``torch.distributed`` initialised, statistics already summed with
         :meth:`SecondMoments.all_reduce_`): each rank of ``group`` decomposes a share of the
         layers and broadcasts them, so every rank ends with the same bases in about 1/world of
-        the time (see :mod:`unsc_fast.distributed`).
+        the time (see :mod:`unsc_fast.distributed`). ``progress`` shows a bar over the layers
+        (on every rank, over its own layers, when distributed).
         """
         rule = parse_rule(rule)
         if store not in ("auto", "core", "null"):
@@ -311,10 +312,11 @@ class NullSpace(Mapping[str, LayerBasis]):
         if distribute:
             from .distributed import distributed_bases
             return cls(distributed_bases(moments, rule, include_bias=include_bias, store=store,
-                                         dtype=dtype, group=group))
-        return cls({name: layer_basis(name, lm, rule, include_bias=include_bias, store=store,
-                                      dtype=dtype)
-                    for name, lm in moments.moments.items()})
+                                         dtype=dtype, group=group, progress=progress))
+        from .stats import _progress
+        with _progress(list(moments.moments.items()), progress, "bases") as items:
+            return cls({name: layer_basis(name, lm, rule, include_bias=include_bias,
+                                          store=store, dtype=dtype) for name, lm in items})
 
     @classmethod
     def grow(cls, per_step: Sequence[SecondMoments],

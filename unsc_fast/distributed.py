@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .stats import SecondMoments
+from .stats import SecondMoments, _progress
 
 _BLOCK = 256  # largest block-row height of S's packed upper triangle
 
@@ -162,7 +162,7 @@ def assign_layers(costs: list[float], world: int) -> list[int]:
 
 
 def distributed_bases(moments: SecondMoments, rule, *, include_bias: bool, store: str,
-                      dtype: torch.dtype, group=None) -> dict:
+                      dtype: torch.dtype, group=None, progress: bool = False) -> dict:
     """Per-layer bases, each decomposed on one rank and broadcast to all (see module doc).
 
     Every rank must pass the same, already summed statistics; that is checked (layers, shapes
@@ -182,14 +182,15 @@ def distributed_bases(moments: SecondMoments, rule, *, include_bias: bool, store
 
     mine: dict[int, LayerBasis] = {}
     error: BaseException | None = None
-    for i, (name, lm) in enumerate(zip(names, lms)):
-        if owner[i] != me or error is not None:
-            continue
-        try:
-            mine[i] = layer_basis(name, lm, rule, include_bias=include_bias, store=store,
-                                  dtype=dtype)
-        except (ValueError, RuntimeError) as exc:  # LinAlgError is a RuntimeError
-            error = exc
+    owned = [i for i in range(len(lms)) if owner[i] == me]
+    with _progress(owned, progress, f"bases (rank {me})") as todo:
+        for i in todo:
+            try:
+                mine[i] = layer_basis(names[i], lms[i], rule, include_bias=include_bias,
+                                      store=store, dtype=dtype)
+            except (ValueError, RuntimeError) as exc:  # LinAlgError is a RuntimeError
+                error = exc
+                break
 
     # One collective for every layer's (columns stored, core rank, subtract) per group, and a
     # failure flag per rank: all ranks learn the layout, or all raise.

@@ -307,7 +307,8 @@ def stats_job(cfg: Config, checkpoint, out, bases_out=None) -> dict:
     bases = None
     if bases_out is not None:
         bases = NullSpace.from_moments(moments, cfg["unlearn.rule"],
-                                       include_bias=cfg["unlearn.include_bias"])
+                                       include_bias=cfg["unlearn.include_bias"],
+                                       progress=_progress(cfg))
     ck.save_moments(out, moments, {**job, "seconds": secs})
     if bases is not None:
         ck.save_bases(bases_out, bases, {**job, "rule": cfg["unlearn.rule"]})

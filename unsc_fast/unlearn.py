@@ -151,7 +151,8 @@ def unlearn(model: nn.Module, forget: Iterable, retain: Iterable | None = None, 
                             progress=progress)
         report.time_stats = time.perf_counter() - t
         t = time.perf_counter()
-        bases = NullSpace.from_moments(moments, rule, include_bias=include_bias)
+        bases = NullSpace.from_moments(moments, rule, include_bias=include_bias,
+                                       progress=progress)
         report.time_bases = time.perf_counter() - t
     if project:
         report.ranks = {n: list(lb.ranks) for n, lb in bases.items()}
