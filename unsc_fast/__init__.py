@@ -11,7 +11,7 @@ or the whole job: ``unsc_fast.unlearn(model, forget_loader, retain_loader, forge
 from . import dispatch, ops, reference
 from .bases import EigenFloor, Energy, FixedRank, LayerBasis, NullSpace, Threshold, parse_rule
 from .ops import accumulate_, accumulate_conv_
-from .project import project_
+from .project import project_, projected_backward
 from .reference import ConvGeometry, pseudo_labels
 from .stats import LayerMoments, SecondMoments
 from .unlearn import UnlearnReport, UnlearnResult, freeze_for_unlearning, unlearn
@@ -19,7 +19,7 @@ from .unlearn import UnlearnReport, UnlearnResult, freeze_for_unlearning, unlear
 __version__ = "0.1.0"
 __all__ = [
     "SecondMoments", "LayerMoments", "NullSpace", "LayerBasis", "Energy", "EigenFloor",
-    "Threshold", "FixedRank", "parse_rule", "project_", "unlearn", "UnlearnResult",
-    "UnlearnReport", "freeze_for_unlearning", "pseudo_labels", "accumulate_",
-    "accumulate_conv_", "ConvGeometry", "dispatch", "ops", "reference",
+    "Threshold", "FixedRank", "parse_rule", "project_", "projected_backward", "unlearn",
+    "UnlearnResult", "UnlearnReport", "freeze_for_unlearning", "pseudo_labels",
+    "accumulate_", "accumulate_conv_", "ConvGeometry", "dispatch", "ops", "reference",
 ]

@@ -1,10 +1,14 @@
-"""``project_``: the call a user puts between ``loss.backward()`` and ``optimizer.step()``."""
+"""``project_``: the call a user puts between ``loss.backward()`` and ``optimizer.step()``;
+``projected_backward``: the same projection done inside ``backward()`` for Linear layers,
+from their inputs when that is cheaper."""
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import ops
@@ -120,3 +124,89 @@ def _gradient_matrix(name: str, lb: LayerBasis, grad: Tensor, bgrad: Tensor | No
     if grad.is_contiguous():
         return grad.view(rows, k)
     return grad.reshape(rows, k).contiguous()
+
+
+# -- projection inside backward, from the layer inputs --------------------------------------
+
+
+class _NullSpaceLinear(torch.autograd.Function):
+    """``F.linear`` whose weight (and bias) gradient comes out of backward already projected.
+
+    ``G = δᵀX`` (δ: output gradients, X: inputs, rows = batch·tokens), so
+    ``G − (GB)Bᵀ = δᵀ(X − (XB)Bᵀ)``: projecting the rows × d inputs instead of the out × d
+    gradient gives the same matrix at ``rows/out`` of the cost. Backward projects whichever of
+    the two has fewer rows, through :func:`unsc_fast.ops.project_`.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, lb: LayerBasis, backend):
+        ctx.save_for_backward(x, weight)
+        ctx.lb, ctx.backend = lb, backend
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight = ctx.saved_tensors
+        lb, need_x, need_w, need_b = ctx.lb, *ctx.needs_input_grad[:3]
+        gx = g @ weight if need_x else None
+        if not (need_w or need_b):
+            return gx, None, None, None, None
+        g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])
+        B = lb.bases[0].to(x2.dtype)
+        if len(x2) < len(weight):   # project the inputs
+            X = torch.cat([x2, x2.new_ones(len(x2), 1)], 1) if lb.include_bias else x2.clone()
+            ops.project_([X], [B], [lb.subtract[0]], backend=ctx.backend)
+            G = g2.mT @ X
+        else:                       # project the gradient
+            G = g2.mT @ x2
+            if lb.include_bias:
+                G = torch.cat([G, g2.sum(0).unsqueeze(1)], 1)
+            ops.project_([G], [B], [lb.subtract[0]], backend=ctx.backend)
+        d = x2.shape[1]
+        gw = G[:, :d] if need_w else None
+        gb = (G[:, d] if lb.include_bias else g2.sum(0)) if need_b else None
+        return gx, gw, gb, None, None
+
+
+@contextlib.contextmanager
+def projected_backward(model: nn.Module, bases: NullSpace, *, backend: str | None = None
+                       ) -> Iterator[NullSpace]:
+    """Inside this block, ``backward()`` yields already projected gradients for every
+    ``nn.Linear`` in ``bases``; the block gives the bases of the other layers, for
+    :func:`project_`.
+
+    Same result as :func:`project_` (the same matrix, associated differently), but for a
+    Linear layer whose batch has fewer rows than the layer has outputs (small forget batches,
+    wide classifiers) the inputs (rows × d) are projected instead of the gradient (out × d).
+    Not for FSDP-sharded modules (use :func:`project_`). Example::
+
+        with unsc_fast.projected_backward(model, bases) as rest:
+            loss.backward()
+            unsc_fast.project_(model, rest)      # the conv layers
+            optimizer.step()
+    """
+    if not isinstance(bases, NullSpace):
+        raise TypeError(f"bases must be a NullSpace, got {type(bases).__name__}")
+    bases.check(model)
+    modules = dict(model.named_modules())
+    linear = {n: lb for n, lb in bases.items() if isinstance(modules[n], nn.Linear)}
+    for name, lb in linear.items():
+        m = modules[name]
+        if lb.include_bias and (m.bias is None or not m.bias.requires_grad):
+            raise ValueError(f"layer {name!r}: bases include the bias but it has no gradient")
+        if lb.device != m.weight.device:
+            raise ValueError(f"layer {name!r}: weight is on {m.weight.device}, basis on"
+                             f" {lb.device}; use bases.to(device)")
+    saved = {n: modules[n].__dict__.get("forward") for n in linear}
+    try:
+        for name, lb in linear.items():
+            m = modules[name]
+            m.forward = (lambda x, m=m, lb=lb:
+                         _NullSpaceLinear.apply(x, m.weight, m.bias, lb, backend))
+        yield NullSpace({n: lb for n, lb in bases.items() if n not in linear})
+    finally:
+        for name, fwd in saved.items():
+            if fwd is None:
+                modules[name].__dict__.pop("forward", None)
+            else:
+                modules[name].forward = fwd

@@ -1,6 +1,7 @@
 """The UNSC unlearning loop: pseudo-labelled fine-tuning on D_f inside the null space of D_r."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .bases import NullSpace, Rule, parse_rule
-from .project import project_
+from .project import project_, projected_backward
 from .reference import pseudo_labels
 from .stats import SecondMoments, _model_device, _progress
 
@@ -170,7 +171,12 @@ def unlearn(model: nn.Module, forget: Iterable, retain: Iterable | None = None, 
 
     t = time.perf_counter()
     epochs_iter = range(epochs)
-    with _progress(epochs_iter, progress and epochs > 1, "unlearning") as bar:
+    # Linear layers are projected inside backward (from their inputs when that is cheaper);
+    # `rest` holds the other layers' bases, projected after backward.
+    in_backward = projected_backward(unlearned, bases, backend=backend) if project \
+        else contextlib.nullcontext(None)
+    with _progress(epochs_iter, progress and epochs > 1, "unlearning") as bar, \
+            in_backward as rest:
         for _ in bar:
             total, count = 0.0, 0
             for x, y in _batches(forget):
@@ -189,8 +195,8 @@ def unlearn(model: nn.Module, forget: Iterable, retain: Iterable | None = None, 
                         " unchanged")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                if project:
-                    project_(unlearned, bases, backend=backend)
+                if rest:
+                    project_(unlearned, rest, backend=backend)
                 opt.step()
                 total += value * len(x)
                 count += len(x)

@@ -1,0 +1,85 @@
+"""projected_backward: Linear gradients projected inside backward (from the inputs when the
+batch has fewer rows than the layer has outputs) equal project_ after a plain backward."""
+import pytest
+import torch
+from torch import nn
+
+import unsc_fast as uf
+
+
+def _model(include_bias: bool) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(4 * 5 * 5, 60), nn.ReLU(), nn.Linear(60, 7)).double()
+
+
+def _bases(model, include_bias: bool, store: str):
+    m = uf.SecondMoments(model, dtype=torch.float64, include_bias=include_bias)
+    m.collect([torch.randn(30, 2, 5, 5, dtype=torch.float64)], progress=False)
+    return uf.NullSpace.from_moments(m, "energy:0.95", store=store, dtype=torch.float64,
+                                     include_bias=include_bias)
+
+
+@pytest.mark.parametrize("include_bias", [False, True])
+@pytest.mark.parametrize("store", ["core", "null"])
+@pytest.mark.parametrize("batch", [3, 200])  # fewer rows than outputs (inputs projected) or more
+def test_equals_project_after_backward(include_bias, store, batch):
+    model = _model(include_bias)
+    bases = _bases(model, include_bias, store)
+    x = torch.randn(batch, 2, 5, 5, dtype=torch.float64)
+    y = torch.randint(0, 7, (batch,))
+
+    model.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    uf.project_(model, bases)
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    model.zero_grad()
+    with uf.projected_backward(model, bases) as rest:
+        assert list(rest) == ["0"]  # the conv layer is left for project_
+        nn.functional.cross_entropy(model(x), y).backward()
+        uf.project_(model, rest)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, expected[n], rtol=1e-10, atol=1e-12)
+
+
+def test_token_inputs_and_frozen_bias():
+    torch.manual_seed(1)
+    lin = nn.Linear(16, 40).double()
+    lin.bias.requires_grad_(False)
+    model = nn.Sequential(lin)
+    m = uf.SecondMoments(model, dtype=torch.float64)
+    m.collect([torch.randn(12, 5, 16, dtype=torch.float64)], progress=False)
+    bases = uf.NullSpace.from_moments(m, "rank:6", dtype=torch.float64)
+    x = torch.randn(2, 3, 16, dtype=torch.float64, requires_grad=True)  # 6 rows < 40 outputs
+    model(x).square().sum().backward()
+    gx = x.grad.clone()
+    uf.project_(model, bases)
+    expected = lin.weight.grad.clone()
+    lin.weight.grad = None
+    x.grad = None
+    with uf.projected_backward(model, bases):
+        model(x).square().sum().backward()
+    torch.testing.assert_close(lin.weight.grad, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(x.grad, gx)  # the input gradient is untouched
+    assert lin.bias.grad is None
+
+
+def test_forward_is_restored_and_errors_come_first():
+    model = _model(False)
+    bases = _bases(model, False, "core")
+    with pytest.raises(RuntimeError, match="boom"):
+        with uf.projected_backward(model, bases):
+            assert "forward" in vars(model[3])
+            raise RuntimeError("boom")
+    assert "forward" not in vars(model[3]) and "forward" not in vars(model[5])
+    with_bias = _bases(model, True, "core")
+    model[3].bias.requires_grad_(False)
+    with pytest.raises(ValueError, match="bias"):
+        with uf.projected_backward(model, with_bias):
+            pass
+    other = nn.Sequential(nn.Linear(3, 2))
+    with pytest.raises(KeyError):
+        with uf.projected_backward(other, bases):
+            pass
+    assert "forward" not in vars(other[0])
