@@ -93,3 +93,15 @@ def test_distributed_benchmark_smoke(tmp_path):
         for v in impls.values():
             assert v["median_s"] > 0
     assert (tmp_path / "distributed.md").read_text().startswith("### unsc_fast distributed")
+
+
+def test_step_benchmark_smoke(tmp_path):
+    """benchmarks.step on the small CNN, one repetition: every way of projecting is timed."""
+    from benchmarks import step
+    assert step.main(["--models", "small_cnn", "--reps", "1", "--batch", "8",
+                      "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "step.json").read_text())
+    impls = {r["impl"] for r in res["rows"]}
+    assert {"no projection", "project_[reference]", "projected_backward[reference]"} <= impls
+    assert all(r["median_ms"] > 0 for r in res["rows"])
+    assert (tmp_path / "step.md").read_text().startswith("### One UNSC step")

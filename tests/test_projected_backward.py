@@ -36,8 +36,32 @@ def test_equals_project_after_backward(include_bias, store, batch):
 
     model.zero_grad()
     with uf.projected_backward(model, bases) as rest:
-        assert list(rest) == ["0"]  # the conv layer is left for project_
         nn.functional.cross_entropy(model(x), y).backward()
+        # fewer rows than outputs: both Linear layers (60 and 7 outputs) done in backward
+        assert list(rest) == (["0"] if batch < 7 else ["0", "3", "5"])
+        uf.project_(model, rest)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, expected[n], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("include_bias", [False, True])
+def test_routing_sticks_and_larger_later_batches_are_projected_too(include_bias):
+    """Routed by a 3-row batch, a later 200-row batch takes the gradient path in backward."""
+    model = _model(include_bias)
+    bases = _bases(model, include_bias, "core")
+    small = torch.randn(3, 2, 5, 5, dtype=torch.float64)
+    big = torch.randn(200, 2, 5, 5, dtype=torch.float64)
+
+    def loss():
+        return model(small).square().sum() + model(big).square().sum()
+    model.zero_grad()
+    loss().backward()
+    uf.project_(model, bases)
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    with uf.projected_backward(model, bases) as rest:
+        loss().backward()
+        assert list(rest) == ["0"]
         uf.project_(model, rest)
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, expected[n], rtol=1e-10, atol=1e-12)

@@ -171,18 +171,20 @@ class _NullSpaceLinear(torch.autograd.Function):
 @contextlib.contextmanager
 def projected_backward(model: nn.Module, bases: NullSpace, *, backend: str | None = None
                        ) -> Iterator[NullSpace]:
-    """Inside this block, ``backward()`` yields already projected gradients for every
-    ``nn.Linear`` in ``bases``; the block gives the bases of the other layers, for
-    :func:`project_`.
+    """Inside this block, ``backward()`` yields already projected gradients for the
+    ``nn.Linear`` layers of ``bases`` whose batch has fewer rows than the layer has outputs;
+    the block gives the bases left for :func:`project_` (the other layers).
 
-    Same result as :func:`project_` (the same matrix, associated differently), but for a
-    Linear layer whose batch has fewer rows than the layer has outputs (small forget batches,
-    wide classifiers) the inputs (rows × d) are projected instead of the gradient (out × d).
-    Not for FSDP-sharded modules (use :func:`project_`). Example::
+    Same result as :func:`project_` (the same matrix, associated differently): for such a
+    layer (small forget batches, wide classifiers) projecting the inputs (rows × d) is cheaper
+    than projecting the gradient (out × d). Each Linear layer is routed by its first forward in
+    the block, and stays so. Use it between ``zero_grad()`` and ``step()``; not for
+    FSDP-sharded modules (use :func:`project_`). Example::
 
         with unsc_fast.projected_backward(model, bases) as rest:
-            loss.backward()
-            unsc_fast.project_(model, rest)      # the conv layers
+            optimizer.zero_grad()
+            loss_fn(model(x), y).backward()
+            unsc_fast.project_(model, rest)      # every layer not done in backward
             optimizer.step()
     """
     if not isinstance(bases, NullSpace):
@@ -197,13 +199,24 @@ def projected_backward(model: nn.Module, bases: NullSpace, *, backend: str | Non
         if lb.device != m.weight.device:
             raise ValueError(f"layer {name!r}: weight is on {m.weight.device}, basis on"
                              f" {lb.device}; use bases.to(device)")
+    rest = NullSpace(bases)
+    routed: dict[str, bool] = {}  # layer -> projected in backward
+
+    def forward(x: Tensor, name: str, m: nn.Linear, lb: LayerBasis) -> Tensor:
+        if name not in routed:
+            routed[name] = x.numel() // max(x.shape[-1], 1) < m.out_features
+            if routed[name]:
+                del rest._layers[name]
+        if routed[name]:
+            return _NullSpaceLinear.apply(x, m.weight, m.bias, lb, backend)
+        return F.linear(x, m.weight, m.bias)
+
     saved = {n: modules[n].__dict__.get("forward") for n in linear}
     try:
         for name, lb in linear.items():
             m = modules[name]
-            m.forward = (lambda x, m=m, lb=lb:
-                         _NullSpaceLinear.apply(x, m.weight, m.bias, lb, backend))
-        yield NullSpace({n: lb for n, lb in bases.items() if n not in linear})
+            m.forward = lambda x, name=name, m=m, lb=lb: forward(x, name, m, lb)
+        yield rest
     finally:
         for name, fwd in saved.items():
             if fwd is None:
