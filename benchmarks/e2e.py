@@ -26,6 +26,7 @@ import json
 import statistics
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -58,6 +59,8 @@ PRESETS = {
     "smoke": E2EConfig(dataset="synthetic", train_epochs=1, unlearn_epochs=1, authors_batch=32),
     "quick": E2EConfig(train_epochs=2, unlearn_epochs=10, reps=1),
     "full": E2EConfig(train_epochs=4, unlearn_epochs=20, reps=3),
+    # the paper's AlexNet-style CNN at full width: 2048-wide classifier layers
+    "alexnet": E2EConfig(model="alexnet", train_epochs=2, unlearn_epochs=10, reps=1),
 }
 
 
@@ -212,10 +215,25 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--preset", default="quick", choices=sorted(PRESETS))
+    ap.add_argument("--out", default=None, help="folder for e2e-<preset>.json and .md")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     backends = device_backends(device)
-    print(json.dumps(run_e2e(device, PRESETS[args.preset], backends), indent=1))
+    res = run_e2e(device, PRESETS[args.preset], backends)
+    print(json.dumps(res, indent=1))
+    if args.out:
+        from .report import e2e_table
+        from .timing import machine_info
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        res["machine"] = machine_info(device)
+        (out / f"e2e-{args.preset}.json").write_text(json.dumps(res, indent=1))
+        c = res["config"]
+        head = (f"### End to end, preset `{args.preset}`: {c['dataset']}, {c['model']}, forget"
+                f" {c['forget_classes']}, {c['unlearn_epochs']} unlearning epochs,"
+                f" {c['retain_samples']} retained / {c['forget_samples']} forgotten samples,"
+                f" {device.type} ({res['machine']['torch_threads']} threads)\n\n")
+        (out / f"e2e-{args.preset}.md").write_text(head + e2e_table(res) + "\n")
     return 0
 
 
