@@ -10,7 +10,8 @@
 #      build (UNSC_FAST_JIT=1) on first use;
 #   2. the CUDA/Triton kernel tests (the CUDA cases of tests/test_kernels_compiled.py, all of
 #      tests/test_kernels_triton*.py and the dispatch tests, -m "not slow", at most 25 failures);
-#   3. python -m benchmarks.run --device cuda --quick, with a time budget;
+#   3. python -m benchmarks.run --device cuda --quick, with a time budget, and
+#      python -m benchmarks.step --device cuda (into the log);
 #   4. python -m benchmarks.tune --device cuda into $OUT (never into the package).
 # Results go only under $OUT, at most 8 files, one folder deep:
 #   $OUT/gpu.log  $OUT/tuned-cuda.json  $OUT/bench/{results.json,summary.md,table.md,
@@ -79,16 +80,20 @@ run 150 "$PY" -m pytest ${TESTS:-tests} tests/test_dispatch.py -m "not slow" --m
     -k "cuda or not test_kernels_compiled" -p no:cacheprovider
 
 # 3. the benchmark suite: op cases stop starting after BUDGET s, leaving time for the
-#    end-to-end part, the report and tune
-BUDGET=$(( $(left) - 160 ))
+#    end-to-end part, the report, the one-step benchmark and tune
+BUDGET=$(( $(left) - 220 ))
 (( BUDGET < 30 )) && BUDGET=30
-run $(( $(left) - 50 )) "$PY" -m benchmarks.run --device cuda --quick --out "$OUT/bench" \
+run $(( $(left) - 110 )) "$PY" -m benchmarks.run --device cuda --quick --out "$OUT/bench" \
     --budget-s "$BUDGET" --note "GPU run by benchmarks/gpu.sh (quick preset, time-budgeted)"
 
 # a run cut short keeps results.json (rewritten after every case): rebuild tables and plots
 if [ -f "$OUT/bench/results.json" ] && [ ! -f "$OUT/bench/summary.md" ]; then
   run 40 "$PY" -m benchmarks.report "$OUT/bench/results.json"
 fi
+
+# one UNSC step per way of projecting (project_ vs projected_backward): its table goes to the
+# log (OUT holds at most 8 files)
+run 60 "$PY" -m benchmarks.step --device cuda --reps 5
 
 # 4. tune (the table goes to OUT; copy it into unsc_fast/tuned.json by hand after review)
 run $(( $(left) - 5 )) "$PY" -m benchmarks.tune --device cuda --reps 5 \

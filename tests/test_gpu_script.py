@@ -44,7 +44,7 @@ def test_gpu_script_runs_every_step(tmp_path):
         return next(i for i, line in enumerate(lines) if word in line)
 
     order = [step("pip install"), step("-m pytest"), step("benchmarks.run"),
-             step("benchmarks.tune")]
+             step("benchmarks.step"), step("benchmarks.tune")]
     assert order == sorted(order), lines
     tests = lines[step("-m pytest")]
     assert "tests/test_kernels_compiled.py" in tests
