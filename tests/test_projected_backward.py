@@ -107,3 +107,75 @@ def test_forward_is_restored_and_errors_come_first():
         with uf.projected_backward(other, bases):
             pass
     assert "forward" not in vars(other[0])
+
+
+def _small():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 32))
+    m = uf.SecondMoments(model)
+    m.collect([torch.randn(200, 8)], progress=False)
+    return model, uf.NullSpace.from_moments(m, "energy:0.95")
+
+
+def test_deepcopy_inside_the_block_runs_its_own_weights():
+    import copy
+    model, bases = _small()
+    with uf.projected_backward(model, bases):
+        snap = copy.deepcopy(model)
+    with torch.no_grad():
+        snap[2].weight.zero_()
+        snap[2].bias.zero_()
+    assert snap(torch.randn(4, 8)).abs().max() == 0
+
+
+def test_backward_under_autocast():
+    model, bases = _small()
+    with uf.projected_backward(model, bases) as rest, torch.autocast("cpu", torch.bfloat16):
+        model(torch.randn(4, 8)).float().square().sum().backward()
+        assert list(rest) == []
+    assert model[2].weight.grad.dtype == torch.float32
+
+
+def test_tied_weight_is_not_routed():
+    class LM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.head = nn.Embedding(32, 16), nn.Linear(16, 32, bias=False)
+            self.head.weight = self.emb.weight
+
+        def forward(self, t):
+            return self.head(self.emb(t))
+    torch.manual_seed(0)
+    lm = LM()
+    m = uf.SecondMoments(lm, layers=["head"])
+    m.collect([torch.randint(0, 32, (50,))], progress=False)
+    bases = uf.NullSpace.from_moments(m, "energy:0.9")
+    t = torch.randint(0, 32, (4,))
+    lm(t).square().sum().backward()
+    uf.project_(lm, bases)
+    expected = lm.head.weight.grad.clone()
+    lm.zero_grad()
+    with uf.projected_backward(lm, bases) as rest:
+        lm(t).square().sum().backward()
+        assert list(rest) == ["head"]
+        uf.project_(lm, rest)
+    torch.testing.assert_close(lm.head.weight.grad, expected)
+
+
+def test_create_graph_gradient_penalty_equals_project_():
+    model, bases = _small()
+    x = torch.randn(4, 8, requires_grad=True)
+
+    def loss():
+        out = model(x).square().sum()
+        gx, = torch.autograd.grad(out, x, create_graph=True)
+        return out + gx.square().sum()
+    loss().backward()
+    uf.project_(model, bases)
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    with uf.projected_backward(model, bases) as rest:
+        loss().backward()
+        uf.project_(model, rest)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, expected[n], rtol=1e-4, atol=1e-5)

@@ -3,8 +3,10 @@
 from their inputs when that is cheaper."""
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
+import types
 from collections.abc import Iterable, Iterator, Mapping
 
 import torch
@@ -18,8 +20,8 @@ from .distributed import local_rows
 
 def _params_by_module(model_or_params: nn.Module | Mapping[str, Tensor] | Iterable
                       ) -> dict[str, dict[str, Tensor]]:
-    if isinstance(model_or_params, nn.Module):
-        named = model_or_params.named_parameters()
+    if isinstance(model_or_params, nn.Module):  # a tied weight under each module's name
+        named = model_or_params.named_parameters(remove_duplicate=False)
     elif isinstance(model_or_params, Mapping):
         named = model_or_params.items()
     else:
@@ -135,24 +137,41 @@ class _NullSpaceLinear(torch.autograd.Function):
     ``G = δᵀX`` (δ: output gradients, X: inputs, rows = batch·tokens), so
     ``G − (GB)Bᵀ = δᵀ(X − (XB)Bᵀ)``: projecting the rows × d inputs instead of the out × d
     gradient gives the same matrix at ``rows/out`` of the cost. Backward projects whichever of
-    the two has fewer rows, through :func:`unsc_fast.ops.project_`.
+    the two has fewer rows, through :func:`unsc_fast.ops.project_`, in the weight's dtype
+    (under autocast the output gradient is half precision, the weight and basis are not).
+
+    A backward that builds a graph (``create_graph=True``, e.g. a gradient penalty) returns
+    plain differentiable gradients and hands the layer back to ``route`` (so the bases left
+    for :func:`project_` project it, second-order terms included).
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, lb: LayerBasis, backend):
+    def forward(ctx, x, weight, bias, lb: LayerBasis, backend, route):
         ctx.save_for_backward(x, weight)
-        ctx.lb, ctx.backend = lb, backend
+        ctx.lb, ctx.backend, ctx.route = lb, backend, route
         return F.linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx, g):
+        x = ctx.saved_tensors[0]
+        with torch.autocast(x.device.type, enabled=False):  # a backward run inside autocast
+            return _NullSpaceLinear._backward(ctx, g)
+
+    @staticmethod
+    def _backward(ctx, g):
         x, weight = ctx.saved_tensors
         lb, need_x, need_w, need_b = ctx.lb, *ctx.needs_input_grad[:3]
-        gx = g @ weight if need_x else None
+        dt = weight.dtype
+        gx = (g.to(dt) @ weight).to(x.dtype) if need_x else None
         if not (need_w or need_b):
-            return gx, None, None, None, None
-        g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])
-        B = lb.bases[0].to(x2.dtype)
+            return gx, None, None, None, None, None
+        g2, x2 = g.reshape(-1, g.shape[-1]).to(dt), x.reshape(-1, x.shape[-1]).to(dt)
+        d = x2.shape[1]
+        if torch.is_grad_enabled():  # create_graph: differentiable, projected by project_
+            ctx.route.unroute()
+            return (gx, g2.mT @ x2 if need_w else None, g2.sum(0) if need_b else None,
+                    None, None, None)
+        B = lb.bases[0].to(dt)
         if len(x2) < len(weight):   # project the inputs
             X = torch.cat([x2, x2.new_ones(len(x2), 1)], 1) if lb.include_bias else x2.clone()
             ops.project_([X], [B], [lb.subtract[0]], backend=ctx.backend)
@@ -162,10 +181,49 @@ class _NullSpaceLinear(torch.autograd.Function):
             if lb.include_bias:
                 G = torch.cat([G, g2.sum(0).unsqueeze(1)], 1)
             ops.project_([G], [B], [lb.subtract[0]], backend=ctx.backend)
-        d = x2.shape[1]
         gw = G[:, :d] if need_w else None
         gb = (G[:, d] if lb.include_bias else g2.sum(0)) if need_b else None
-        return gx, gw, gb, None, None
+        return gx, gw, gb, None, None, None
+
+
+class _Route:
+    """One Linear layer inside :func:`projected_backward`: its routing and patched forward."""
+
+    def __init__(self, name: str, m: nn.Linear, lb: LayerBasis, rest: NullSpace, backend,
+                 allowed: bool, saved):
+        self.name, self.m, self.lb, self.rest, self.backend = name, m, lb, rest, backend
+        self.allowed, self.saved = allowed, saved
+        self.routed: bool | None = None  # decided by the first forward in the block
+
+    def unroute(self) -> None:
+        """Project this layer after backward again (idempotent: P(Pa + b) = Pa + Pb)."""
+        self.routed = False
+        self.rest._layers[self.name] = self.lb
+
+
+class _Forward:
+    """The forward patched onto a routed Linear. A copy of the module (``deepcopy``, pickle)
+    gets the module's own forward back, never this one (which would run the original)."""
+
+    def __init__(self, route: _Route):
+        self.route = route
+
+    def __call__(self, x: Tensor) -> Tensor:
+        r = self.route
+        if r.routed is None:
+            r.routed = r.allowed and x.numel() // max(x.shape[-1], 1) < r.m.out_features
+            if r.routed:
+                del r.rest._layers[r.name]
+        if r.routed:
+            return _NullSpaceLinear.apply(x, r.m.weight, r.m.bias, r.lb, r.backend, r)
+        return F.linear(x, r.m.weight, r.m.bias)
+
+    def __reduce__(self):
+        return _own_forward, (self.route.m, self.route.saved)
+
+
+def _own_forward(module: nn.Module, saved):
+    return saved if saved is not None else types.MethodType(type(module).forward, module)
 
 
 @contextlib.contextmanager
@@ -178,8 +236,11 @@ def projected_backward(model: nn.Module, bases: NullSpace, *, backend: str | Non
     Same result as :func:`project_` (the same matrix, associated differently): for such a
     layer (small forget batches, wide classifiers) projecting the inputs (rows × d) is cheaper
     than projecting the gradient (out × d). Each Linear layer is routed by its first forward in
-    the block, and stays so. Use it between ``zero_grad()`` and ``step()``; not for
-    FSDP-sharded modules (use :func:`project_`). Example::
+    the block, and stays so. A layer whose weight (or bias, when the bases cover it) is shared
+    with another module (weight tying) is never routed: its gradient has other terms. The
+    weight must enter the loss only through the layer's forward (no penalty on the weight in
+    the loss; an optimizer's weight decay is fine). Use it between ``zero_grad()`` and
+    ``step()``; not for FSDP-sharded modules (use :func:`project_`). Example::
 
         with unsc_fast.projected_backward(model, bases) as rest:
             optimizer.zero_grad()
@@ -199,23 +260,15 @@ def projected_backward(model: nn.Module, bases: NullSpace, *, backend: str | Non
         if lb.device != m.weight.device:
             raise ValueError(f"layer {name!r}: weight is on {m.weight.device}, basis on"
                              f" {lb.device}; use bases.to(device)")
+    uses = collections.Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
     rest = NullSpace(bases)
-    routed: dict[str, bool] = {}  # layer -> projected in backward
-
-    def forward(x: Tensor, name: str, m: nn.Linear, lb: LayerBasis) -> Tensor:
-        if name not in routed:
-            routed[name] = x.numel() // max(x.shape[-1], 1) < m.out_features
-            if routed[name]:
-                del rest._layers[name]
-        if routed[name]:
-            return _NullSpaceLinear.apply(x, m.weight, m.bias, lb, backend)
-        return F.linear(x, m.weight, m.bias)
 
     saved = {n: modules[n].__dict__.get("forward") for n in linear}
     try:
         for name, lb in linear.items():
             m = modules[name]
-            m.forward = lambda x, name=name, m=m, lb=lb: forward(x, name, m, lb)
+            tied = uses[id(m.weight)] > 1 or (lb.include_bias and uses[id(m.bias)] > 1)
+            m.forward = _Forward(_Route(name, m, lb, rest, backend, not tied, saved[name]))
         yield rest
     finally:
         for name, fwd in saved.items():
