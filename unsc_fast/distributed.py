@@ -188,7 +188,7 @@ def distributed_bases(moments: SecondMoments, rule, *, include_bias: bool, store
             try:
                 mine[i] = layer_basis(names[i], lms[i], rule, include_bias=include_bias,
                                       store=store, dtype=dtype)
-            except (ValueError, RuntimeError) as exc:  # LinAlgError is a RuntimeError
+            except Exception as exc:  # raised on every rank below, after the collective
                 error = exc
                 break
 
