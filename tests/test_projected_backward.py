@@ -20,6 +20,23 @@ def _bases(model, include_bias: bool, store: str):
                                      include_bias=include_bias)
 
 
+def _assert_like_project_(model, bases, loss, rest=None, rtol=1e-10, atol=1e-12):
+    """loss().backward() then project_ over all bases, against the same step inside
+    projected_backward (then project_ over what it leaves, which must be ``rest``)."""
+    model.zero_grad()
+    loss().backward()
+    uf.project_(model, bases)
+    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    with uf.projected_backward(model, bases) as left:
+        loss().backward()
+        if rest is not None:
+            assert list(left) == rest
+        uf.project_(model, left)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, expected[n], rtol=rtol, atol=atol)
+
+
 @pytest.mark.parametrize("include_bias", [False, True])
 @pytest.mark.parametrize("store", ["core", "null"])
 @pytest.mark.parametrize("batch", [3, 200])  # fewer rows than outputs (inputs projected) or more
@@ -28,20 +45,9 @@ def test_equals_project_after_backward(include_bias, store, batch):
     bases = _bases(model, include_bias, store)
     x = torch.randn(batch, 2, 5, 5, dtype=torch.float64)
     y = torch.randint(0, 7, (batch,))
-
-    model.zero_grad()
-    nn.functional.cross_entropy(model(x), y).backward()
-    uf.project_(model, bases)
-    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
-
-    model.zero_grad()
-    with uf.projected_backward(model, bases) as rest:
-        nn.functional.cross_entropy(model(x), y).backward()
-        # fewer rows than outputs: both Linear layers (60 and 7 outputs) done in backward
-        assert list(rest) == (["0"] if batch < 7 else ["0", "3", "5"])
-        uf.project_(model, rest)
-    for n, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, expected[n], rtol=1e-10, atol=1e-12)
+    # fewer rows than outputs: both Linear layers (60 and 7 outputs) done in backward
+    _assert_like_project_(model, bases, lambda: nn.functional.cross_entropy(model(x), y),
+                          rest=["0"] if batch < 7 else ["0", "3", "5"])
 
 
 @pytest.mark.parametrize("include_bias", [False, True])
@@ -52,19 +58,9 @@ def test_routing_sticks_and_larger_later_batches_are_projected_too(include_bias)
     small = torch.randn(3, 2, 5, 5, dtype=torch.float64)
     big = torch.randn(200, 2, 5, 5, dtype=torch.float64)
 
-    def loss():
-        return model(small).square().sum() + model(big).square().sum()
-    model.zero_grad()
-    loss().backward()
-    uf.project_(model, bases)
-    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
-    with uf.projected_backward(model, bases) as rest:
-        loss().backward()
-        assert list(rest) == ["0"]
-        uf.project_(model, rest)
-    for n, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, expected[n], rtol=1e-10, atol=1e-12)
+    _assert_like_project_(model, bases,
+                          lambda: model(small).square().sum() + model(big).square().sum(),
+                          rest=["0"])
 
 
 def test_token_inputs_and_frozen_bias():
@@ -170,12 +166,4 @@ def test_create_graph_gradient_penalty_equals_project_():
         out = model(x).square().sum()
         gx, = torch.autograd.grad(out, x, create_graph=True)
         return out + gx.square().sum()
-    loss().backward()
-    uf.project_(model, bases)
-    expected = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
-    with uf.projected_backward(model, bases) as rest:
-        loss().backward()
-        uf.project_(model, rest)
-    for n, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, expected[n], rtol=1e-4, atol=1e-5)
+    _assert_like_project_(model, bases, loss, rtol=1e-4, atol=1e-5)
