@@ -158,15 +158,20 @@ def _add_tile(S_ptr, acc, offs_i, offs_j, d, n_splits):
 
 
 @triton.jit
+def _row_range(rows, BLOCK_K: tl.constexpr):
+    """This program's rows [lo, hi): the rows split over grid axis 1 in BLOCK_K multiples."""
+    per_split = tl.cdiv(tl.cdiv(rows, BLOCK_K), tl.num_programs(1)) * BLOCK_K
+    lo = tl.program_id(1) * per_split
+    return lo, tl.minimum(rows, lo + per_split)
+
+
+@triton.jit
 def _syrk_dense_kernel(S_ptr, X_ptr, n, d, stride_xn, stride_xd, n_bucket,
                        COMPUTE: tl.constexpr, DOT_PRECISION: tl.constexpr,
                        BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr):
     ti, tj = _upper_tile(tl.program_id(0), tl.cdiv(d, BLOCK_D))
-    split = tl.program_id(1)
     n_splits = tl.num_programs(1)
-    rows_per_split = tl.cdiv(tl.cdiv(n, BLOCK_K), n_splits) * BLOCK_K
-    row_lo = split * rows_per_split
-    row_hi = tl.minimum(n, row_lo + rows_per_split)
+    row_lo, row_hi = _row_range(n, BLOCK_K)
 
     offs_i = ti * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_j = tj * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -235,12 +240,9 @@ def _syrk_conv_kernel(S_ptr, x_ptr, M, d, Cg, H, W, OHW, OW, sxn, sxc, sxh, sxw,
                       COMPUTE: tl.constexpr, DOT_PRECISION: tl.constexpr,
                       BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr):
     ti, tj = _upper_tile(tl.program_id(0), tl.cdiv(d, BLOCK_D))
-    split = tl.program_id(1)
     g = tl.program_id(2)
     n_splits = tl.num_programs(1)
-    rows_per_split = tl.cdiv(tl.cdiv(M, BLOCK_K), n_splits) * BLOCK_K
-    row_lo = split * rows_per_split
-    row_hi = tl.minimum(M, row_lo + rows_per_split)
+    row_lo, row_hi = _row_range(M, BLOCK_K)
 
     offs_i = ti * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_j = tj * BLOCK_D + tl.arange(0, BLOCK_D)
