@@ -35,19 +35,19 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from unsc_fast import dispatch, ops
-from unsc_fast.reference import ConvGeometry
+from unsc_fast.geometry import ConvGeometry
 
 from .shapes import CaseSpec
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
           "float64": torch.float64}
-OPS_WITH_BACKENDS = ("accumulate", "accumulate_conv", "project")
+OPS_WITH_BACKENDS = ("accumulate", "accumulate_conv", "project_grads")
 TORCH = "torch"
 
 TORCH_PRIMITIVE = {
     "accumulate": "S.addmm_(X.T, X)",
     "accumulate_conv": "F.unfold + permute copy + baddbmm_",
-    "project": "per layer: G.addmm_(G @ B, B.T, alpha=-1)",
+    "project_grads": "per layer: G.addmm_(G @ B, B.T, alpha=-1)",
     "eigh": "torch.linalg.eigh (float64)",
 }
 
@@ -95,7 +95,7 @@ def cost(spec: CaseSpec) -> dict:
         x_bytes = p["batch"] * p["c_in"] * p["h"] * p["w"] * s_in
         nbytes = x_bytes + 2 * g * d * d * 4
         inputs = x_bytes + g * d * d * 4
-    elif spec.op == "project":
+    elif spec.op == "project_grads":
         flops, nbytes, inputs = 0.0, 0, 0
         for rows, d, m in _project_entries(p):
             flops += 4.0 * rows * d * m
@@ -134,7 +134,7 @@ def make_inputs(spec: CaseSpec, device: torch.device, seed: int = 0) -> Inputs:
         t = {"X": randn(p["n"], p["d"])}
     elif spec.op == "accumulate_conv":
         t = {"x": randn(p["batch"], p["c_in"], p["h"], p["w"])}
-    elif spec.op == "project":
+    elif spec.op == "project_grads":
         grads, bases = [], []
         for _key, rows, d, groups in p["layers"]:
             grads.append(randn(rows, d))
@@ -219,13 +219,13 @@ def make_runner(inp: Inputs, name: str) -> Runner:
         fn = _torch_accumulate_conv(S, x, p) if name == TORCH else \
             (lambda: ops.accumulate_conv_(S, x, geom, backend=name))
         return Runner(name, fn, lambda: torch.triu(S))
-    if spec.op == "project":
+    if spec.op == "project_grads":
         grads = [G.clone() for G in t["grads"]]
         views = _split_groups(grads, p)
         bases = t["bases"]
         subtract = [True] * len(views)
         fn = _torch_project(views, bases) if name == TORCH else \
-            (lambda: ops.project_(views, bases, subtract, backend=name))
+            (lambda: ops.project_grads_(views, bases, subtract, backend=name))
         return Runner(name, fn, lambda: torch.cat([G.flatten() for G in grads]))
     if spec.op == "eigh":
         C = t["C"]
@@ -245,7 +245,7 @@ def backend_args(inp: Inputs) -> tuple:
     if spec.op == "accumulate_conv":
         d = p["c_in"] // p["groups"] * p["k"] ** 2
         return (torch.zeros(p["groups"], d, d, device=inp.device), t["x"], geometry(p))
-    if spec.op == "project":
+    if spec.op == "project_grads":
         views = _split_groups(t["grads"], p)
         return (views, t["bases"], [True] * len(views))
     return ()
@@ -289,7 +289,7 @@ def device_backends(device: torch.device, include_interpreted: bool = False) -> 
     geom = ConvGeometry((3, 3), pad=(1, 1, 1, 1))
     G, B = torch.randn(2, 4, device=device), torch.linalg.qr(torch.randn(4, 2))[0].to(device)
     probes = {"accumulate": (S, X), "accumulate_conv": (Sc, xc, geom),
-              "project": ([G], [B], [True])}
+              "project_grads": ([G], [B], [True])}
     names = []
     for b in dispatch.BACKENDS:
         if avail.get(b) != "available":

@@ -31,10 +31,10 @@ from pathlib import Path
 import torch
 
 import unsc_fast
-from unsc_fast.data import class_split, load_dataset, loader, make_synthetic
-from unsc_fast.metrics import class_accuracies
-from unsc_fast.models import build_model
-from unsc_fast.train import train
+from unsc_fast.lab.data import class_split, load_dataset, loader, make_synthetic
+from unsc_fast.lab.metrics import class_accuracies
+from unsc_fast.lab.models import build_model
+from unsc_fast.lab.train import train
 
 from . import authors_style
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .cases import gmean
 
-OPS = ("accumulate", "accumulate_conv", "project")
+OPS = ("accumulate", "accumulate_conv", "project_grads")
 
 
 def _f(x, fmt="{:.2f}", none="–") -> str:

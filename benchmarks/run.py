@@ -34,7 +34,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                     help="sizes and repetitions (default: full; --quick: quick)")
     ap.add_argument("--reps", type=int, default=None, help="timed repetitions per case")
     ap.add_argument("--ops", default=None,
-                    help="comma-separated subset of accumulate,accumulate_conv,project,eigh")
+                    help="comma-separated subset of accumulate,accumulate_conv,project_grads,eigh")
     ap.add_argument("--match", default=None, help="only cases whose shape set contains this")
     ap.add_argument("--no-e2e", action="store_true", help="skip the end-to-end runs")
     ap.add_argument("--no-plots", action="store_true")

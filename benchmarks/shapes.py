@@ -178,7 +178,7 @@ class CaseSpec:
         if self.op == "accumulate_conv":
             lay = layer(p["layer"])
             return f"N={p['batch']} {lay.describe()} rows={p['batch'] * lay.positions}"
-        if self.op == "project":
+        if self.op == "project_grads":
             return f"{len(p['layers'])} layers, m={p['rank_frac']:g}d"
         if self.op == "eigh":
             return f"d={p['d']}"
@@ -214,7 +214,7 @@ def project_case(model: str, rank_frac: float, dtype: str = "float32",
         else:
             rows.append([lay.key, lay.d_out, lay.d_in, 1])
     name = model if only is None else f"{model}[{','.join(only)}]"
-    return CaseSpec("project", name, dtype, {"model": model, "rank_frac": float(rank_frac),
+    return CaseSpec("project_grads", name, dtype, {"model": model, "rank_frac": float(rank_frac),
                                              "layers": rows})
 
 
@@ -309,4 +309,4 @@ def tune_cases(device: str) -> dict[str, list[CaseSpec]]:
         proj = [("allcnn", 0.25), ("resnet18", 0.05), ("vit_b", 0.05)]
     return {"accumulate": [accumulate_case(key, n) for key, n in acc],
             "accumulate_conv": [conv_case(key, batch) for key, batch in conv],
-            "project": [project_case(m, f) for m, f in proj]}
+            "project_grads": [project_case(m, f) for m, f in proj]}

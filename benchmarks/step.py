@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 import unsc_fast as uf
-from unsc_fast.models import build_model
+from unsc_fast.lab.models import build_model
 
 from .cases import device_backends
 from .timing import machine_info, time_interleaved

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from unsc_fast.reference import ConvGeometry
+from unsc_fast.geometry import ConvGeometry
 
 # (n, d) for S += XᵀX
 DENSE_SHAPES = [(1, 1), (7, 3), (5, 17), (64, 33), (200, 64), (3, 130), (129, 31)]

@@ -3,13 +3,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from unsc_fast import data as D
-from unsc_fast.baselines import METHODS, Task, run_method
-from unsc_fast.config import DEFAULTS, METHOD_NAMES
-from unsc_fast.metrics import accuracy
-from unsc_fast.models import build_model
-from unsc_fast.scenarios import Scenario
-from unsc_fast.train import train
+from unsc_fast.lab import data as D
+from unsc_fast.lab.baselines import METHODS, Task, run_method
+from unsc_fast.cli.config import DEFAULTS, METHOD_NAMES
+from unsc_fast.lab.metrics import accuracy
+from unsc_fast.lab.models import build_model
+from unsc_fast.lab.scenarios import Scenario
+from unsc_fast.lab.train import train
 
 TRAIN = {"epochs": 10, "lr": 1e-2, "batch_size": 16, "optimizer": "adam", "weight_decay": 0.0,
          "momentum": 0.9}

@@ -47,7 +47,7 @@ def test_run_smoke_writes_the_schema(tmp_path):
     assert roof["copy_GBps"] > 0 and roof["matmul_TFLOPs"]["float32"] > 0
 
     ok = [c for c in res["cases"] if c["status"] == "ok"]
-    assert {c["op"] for c in ok} == {"accumulate", "accumulate_conv", "project", "eigh"}
+    assert {c["op"] for c in ok} == {"accumulate", "accumulate_conv", "project_grads", "eigh"}
     for c in ok:
         for k, t in CASE_KEYS.items():
             assert isinstance(c[k], t) or (t is float and isinstance(c[k], int)), (k, c[k])
@@ -55,7 +55,7 @@ def test_run_smoke_writes_the_schema(tmp_path):
             assert k in c and (c[k] is None or isinstance(c[k], (int, float))), k
         assert c["median_s"] > 0 and c["min_s"] <= c["median_s"] <= c["max_s"]
     # every op with backends has the reference, the torch primitive, and their ratios
-    for op in ("accumulate", "accumulate_conv", "project"):
+    for op in ("accumulate", "accumulate_conv", "project_grads"):
         impls = {c["backend"]: c for c in ok if c["op"] == op}
         assert {"reference", "torch"} <= set(impls), (op, set(impls))
         assert impls["reference"]["ratio_vs_reference"] == pytest.approx(1.0)

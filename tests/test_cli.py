@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from unsc_fast import checkpoint as ck
+from unsc_fast.cli import checkpoint as ck
 from unsc_fast.cli import main
-from unsc_fast.config import ConfigError, build_config
-from unsc_fast.report import validate_report
+from unsc_fast.cli.config import ConfigError, build_config
+from unsc_fast.lab.report import validate_report
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--dataset", "synthetic", "--model", "mlp", "--width", "0.125", "--quiet"]
@@ -387,14 +387,14 @@ def test_a_diverged_model_is_not_saved(original, tmp_path, capsys):
 
 
 def test_json_safe_records():
-    from unsc_fast.jobs import _run_record
+    from unsc_fast.cli.jobs import _run_record
     r = _run_record("unsc", 0, {"acc_r": float("nan")}, {"total": 1.0},
                     {"epoch_loss": [1.0, float("inf")]})
     assert r["metrics"]["acc_r"] is None and r["info"]["epoch_loss"] == [1.0, None]
 
 
 def test_an_unexpected_exception_is_one_line(monkeypatch, tmp_path, capsys):
-    import unsc_fast.jobs as jobs
+    import unsc_fast.cli.jobs as jobs
 
     def boom(*a, **k):
         raise TypeError("something\nbroke")
@@ -413,8 +413,8 @@ def test_a_forced_backend_that_cannot_load(tmp_path, capsys):
 
 
 def test_which_settings_reach_a_baseline_on_unlearn(original, tmp_path, monkeypatch):
-    import unsc_fast.jobs as jobs
-    from unsc_fast.baselines import MethodResult
+    import unsc_fast.cli.jobs as jobs
+    from unsc_fast.lab.baselines import MethodResult
     seen = {}
 
     def fake(name, task, **hp):

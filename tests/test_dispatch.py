@@ -23,7 +23,7 @@ def test_unknown_backend_is_a_clear_error(monkeypatch):
 
 def test_env_var_forces_backend(monkeypatch):
     monkeypatch.setenv(dispatch.ENV_VAR, "reference")
-    assert dispatch.resolve("project", torch.device("cpu"))[0] == "reference"
+    assert dispatch.resolve("project_grads", torch.device("cpu"))[0] == "reference"
 
 
 def test_forced_unavailable_backend_raises():
@@ -62,10 +62,10 @@ def test_supports_predicate_moves_auto_on(monkeypatch):
 
 
 def test_measured_reference_choice_is_honoured(monkeypatch):
-    monkeypatch.setattr(dispatch, "_tuned", {"cpu": {"project": "reference"}})
+    monkeypatch.setattr(dispatch, "_tuned", {"cpu": {"project_grads": "reference"}})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert dispatch.resolve("project", torch.device("cpu"))[0] == "reference"
+        assert dispatch.resolve("project_grads", torch.device("cpu"))[0] == "reference"
 
 
 def test_cuda_auto_runs_only_measured_kernels(monkeypatch):
@@ -77,10 +77,10 @@ def test_cuda_auto_runs_only_measured_kernels(monkeypatch):
     monkeypatch.setattr(dispatch, "_warned", set())
     fake = lambda *args: None  # noqa: E731
     for backend in ("cuda", "triton"):
-        dispatch.register("project", backend, ("cuda",))(fake)
-    monkeypatch.setattr(dispatch, "_tuned", {"cpu": {"project": "cpp"}})
+        dispatch.register("project_grads", backend, ("cuda",))(fake)
+    monkeypatch.setattr(dispatch, "_tuned", {"cpu": {"project_grads": "cpp"}})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert dispatch.resolve("project", cuda)[0] == "reference"
-    monkeypatch.setattr(dispatch, "_tuned", {"cuda": {"project": "triton"}})
-    assert dispatch.resolve("project", cuda) == ("triton", fake)
+        assert dispatch.resolve("project_grads", cuda)[0] == "reference"
+    monkeypatch.setattr(dispatch, "_tuned", {"cuda": {"project_grads": "triton"}})
+    assert dispatch.resolve("project_grads", cuda) == ("triton", fake)

@@ -4,8 +4,8 @@ import torch
 from torch import nn
 
 import unsc_fast as uf
-from unsc_fast import data as D
-from unsc_fast.reference import ConvGeometry
+from unsc_fast.lab import data as D
+from unsc_fast.geometry import ConvGeometry
 
 
 def _model_and_bases():
@@ -86,11 +86,11 @@ def test_project_basis_for_missing_module_changes_nothing():
 def test_ops_project_rejects_mismatched_lists():
     G = torch.randn(3, 4)
     with pytest.raises(ValueError, match="length"):
-        uf.ops.project_([G], [], [True])
+        uf.ops.project_grads_([G], [], [True])
     with pytest.raises(ValueError, match=r"\(rows, d\)"):
-        uf.ops.project_([G], [torch.randn(5, 2)], [True])
+        uf.ops.project_grads_([G], [torch.randn(5, 2)], [True])
     with pytest.raises(TypeError):
-        uf.ops.project_([G], [torch.randn(4, 2, dtype=torch.float64)], [True])
+        uf.ops.project_grads_([G], [torch.randn(4, 2, dtype=torch.float64)], [True])
 
 
 def test_nan_or_inf_statistics_are_refused():
@@ -208,7 +208,7 @@ def test_project_subtract_must_be_booleans():
     G = torch.randn(2, 3)
     before = G.clone()
     with pytest.raises(TypeError, match="booleans"):
-        uf.ops.project_([G], [torch.eye(3)[:, :1]], ["no"])
+        uf.ops.project_grads_([G], [torch.eye(3)[:, :1]], ["no"])
     torch.testing.assert_close(G, before, rtol=0, atol=0)
 
 
@@ -244,9 +244,9 @@ def test_project_refuses_gradients_that_alias():
     G = torch.randn(3, 4)
     B = torch.linalg.qr(torch.randn(4, 2))[0]
     with pytest.raises(ValueError, match="broadcast"):
-        uf.ops.project_([torch.randn(1, 4).expand(3, 4)], [B], [True])
+        uf.ops.project_grads_([torch.randn(1, 4).expand(3, 4)], [B], [True])
     with pytest.raises(ValueError, match="same memory"):
-        uf.ops.project_([G, G], [B, B], [True, True])
+        uf.ops.project_grads_([G, G], [B, B], [True, True])
     before = G.clone()
-    uf.ops.project_([G[:1], G[1:]], [B, B], [True, False])  # disjoint rows of one tensor: fine
+    uf.ops.project_grads_([G[:1], G[1:]], [B, B], [True, False])  # disjoint rows of one tensor: fine
     assert not torch.equal(G, before)

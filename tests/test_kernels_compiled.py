@@ -33,7 +33,7 @@ from cases import (
 )
 from unsc_fast import dispatch, ops
 from unsc_fast import reference as ref
-from unsc_fast.reference import ConvGeometry
+from unsc_fast.geometry import ConvGeometry
 
 try:
     from unsc_fast.kernels import cpp
@@ -268,7 +268,7 @@ def test_project(device, rows, d, m, dtype, layout):
         G0 = rand(rows, d, dtype=dtype, device=device, gen=_gen(rows * 31 + d))
         B = orthonormal(d, m, dtype=dtype, device=device, gen=_gen(m + 5))
         G = non_contiguous(G0) if layout == "strided" else G0.clone()
-        ops.project_([G], [B], [subtract], backend=BACKEND[device])
+        ops.project_grads_([G], [B], [subtract], backend=BACKEND[device])
         expected = ref.project(G0.cpu().double(), B.cpu().double(), subtract)
         assert _proj_err(G, expected, G0) <= PROJECT_TOL[dtype], subtract
         if m == 0 and subtract:
@@ -308,7 +308,7 @@ def test_project_grouped_one_call(device, threads):
     wide_before = wide.clone()
     expected = [ref.project(G.cpu().double(), B.cpu().double(), s)
                 for G, B, s in zip(before, bases, subtract)]
-    ops.project_(grads, bases, subtract, backend=BACKEND[device])
+    ops.project_grads_(grads, bases, subtract, backend=BACKEND[device])
     for i, (G, E, G0) in enumerate(zip(grads, expected, before)):
         assert _proj_err(G, E, G0) <= PROJECT_TOL[G.dtype], i
     assert torch.equal(wide[:, 1::2], wide_before[:, 1::2])  # the gaps of the strided view

@@ -32,7 +32,7 @@ from cases import (  # noqa: E402
 )
 from unsc_fast import dispatch, ops  # noqa: E402
 from unsc_fast import reference as ref  # noqa: E402
-from unsc_fast.reference import ConvGeometry  # noqa: E402
+from unsc_fast.geometry import ConvGeometry  # noqa: E402
 
 _STATE = dispatch.availability()["triton"]
 if _STATE != "available":
@@ -122,7 +122,7 @@ def test_tf32_follows_torch_setting():
         G = rand(10, 40, device=DEVICE, gen=_gen(10))
         B = orthonormal(40, 7, dtype=torch.float32, device=DEVICE, gen=_gen(11))
         G0 = G.clone()
-        ops.project_([G], [B], [True], backend="triton")
+        ops.project_grads_([G], [B], [True], backend="triton")
         assert _proj_err(G, ref.project(G0.double(), B.double(), True), G0) <= REL_TOL_TF32
     finally:
         torch.set_float32_matmul_precision(old)
@@ -207,7 +207,7 @@ def test_project_cases(rows, d, m, dtype):
             grads.append(G)
             originals.append(G.clone())
             modes.append(subtract)
-    ops.project_(grads, [B] * len(grads), modes, backend="triton")
+    ops.project_grads_(grads, [B] * len(grads), modes, backend="triton")
     for G, G0, subtract in zip(grads, originals, modes):
         expected = ref.project(G0.double(), B.double(), subtract)
         err = _proj_err(G, expected, G0)
@@ -256,7 +256,7 @@ def test_project_mixed_dtypes_and_empty():
     B0 = torch.empty(6, 0, device=DEVICE)
     B8 = orthonormal(8, 2, device=DEVICE, gen=gen, dtype=torch.float32)
     originals = [G32.clone(), G16.clone()]
-    ops.project_([G32, G16, Gnull, Gempty], [B32, B16, B0, B8], [True, False, False, True],
+    ops.project_grads_([G32, G16, Gnull, Gempty], [B32, B16, B0, B8], [True, False, False, True],
                  backend="triton")
     assert _proj_err(G32, ref.project(originals[0].double(), B32.double(), True),
                      originals[0]) <= _proj_tol(torch.float32)
@@ -503,7 +503,7 @@ def test_gpu_large_project(dtype):
     bases = [orthonormal(d, m, dtype=dtype, device=DEVICE, gen=gen) for _, d, m in shapes]
     modes = [True, False, True, False, True]
     originals = [G.clone() for G in grads]
-    ops.project_(grads, bases, modes, backend="triton")
+    ops.project_grads_(grads, bases, modes, backend="triton")
     for G, G0, B, s in zip(grads, originals, bases, modes):
         err = _proj_err(G, ref.project(G0.double(), B.double(), s), G0)
         assert err <= _proj_tol(dtype), err

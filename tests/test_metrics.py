@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from unsc_fast import data as D
-from unsc_fast import metrics as M
-from unsc_fast import report as R
-from unsc_fast.models import build_model
-from unsc_fast.scenarios import Scenario
-from unsc_fast.train import train
+from unsc_fast.lab import data as D
+from unsc_fast.lab import metrics as M
+from unsc_fast.lab import report as R
+from unsc_fast.lab.models import build_model
+from unsc_fast.lab.scenarios import Scenario
+from unsc_fast.lab.train import train
 
 
 def test_loss_mia_separable_members_are_found():

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import unsc_fast as uf
-from unsc_fast import data as D
-from unsc_fast.models import MODELS, build_model
-from unsc_fast.scenarios import Scenario
+from unsc_fast.lab import data as D
+from unsc_fast.lab.models import MODELS, build_model
+from unsc_fast.lab.scenarios import Scenario
 
 TINY = {"small_cnn": 0.25, "mlp": 0.125, "alexnet": 1 / 32, "allcnn": 1 / 24,
         "vgg11_bn": 1 / 32, "resnet18": 1 / 32}

@@ -7,7 +7,7 @@ from torch import nn
 
 import unsc_fast as uf
 from unsc_fast import reference as ref
-from unsc_fast.reference import ConvGeometry
+from unsc_fast.geometry import ConvGeometry
 
 
 @pytest.mark.parametrize("n,d", DENSE_SHAPES)

@@ -3,10 +3,10 @@ import pytest
 import torch
 
 import unsc_fast as uf
-from unsc_fast import data as D
-from unsc_fast.metrics import class_accuracies
-from unsc_fast.models import build_model
-from unsc_fast.train import train
+from unsc_fast.lab import data as D
+from unsc_fast.lab.metrics import class_accuracies
+from unsc_fast.lab.models import build_model
+from unsc_fast.lab.train import train
 from unsc_fast.unlearn import freeze_for_unlearning
 
 

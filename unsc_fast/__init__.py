@@ -7,12 +7,20 @@ The pieces, in the order UNSC uses them::
     loss.backward(); unsc_fast.project_(model, bases); optimizer.step()
 
 or the whole job: ``unsc_fast.unlearn(model, forget_loader, retain_loader, forget_classes=[3])``.
+
+Floors: this package is the library core; :mod:`unsc_fast.lab` (data, models, metrics,
+baselines) and :mod:`unsc_fast.cli` (the command line) sit above it and are imported only on
+request. ``unsc_fast.project_`` projects a model's gradients; ``unsc_fast.ops.project_grads_``
+is the grouped op underneath it.
 """
 from . import dispatch, ops, reference
-from .bases import EigenFloor, Energy, FixedRank, LayerBasis, NullSpace, Threshold, parse_rule
-from .ops import accumulate_, accumulate_conv_
+from .bases import NullSpace
+from .geometry import ConvGeometry
+from .layer_basis import LayerBasis
+from .ops import accumulate_, accumulate_conv_, project_grads_
 from .project import project_, projected_backward
-from .reference import ConvGeometry, pseudo_labels
+from .reference import pseudo_labels
+from .rules import EigenFloor, Energy, FixedRank, Threshold, parse_rule
 from .stats import LayerMoments, SecondMoments
 from .unlearn import UnlearnReport, UnlearnResult, freeze_for_unlearning, unlearn
 
@@ -21,5 +29,5 @@ __all__ = [
     "SecondMoments", "LayerMoments", "NullSpace", "LayerBasis", "Energy", "EigenFloor",
     "Threshold", "FixedRank", "parse_rule", "project_", "projected_backward", "unlearn",
     "UnlearnResult", "UnlearnReport", "freeze_for_unlearning", "pseudo_labels",
-    "accumulate_", "accumulate_conv_", "ConvGeometry", "dispatch", "ops", "reference",
+    "accumulate_", "accumulate_conv_", "project_grads_", "ConvGeometry", "dispatch", "ops", "reference",
 ]

@@ -24,12 +24,16 @@ from typing import Callable
 
 import torch
 
-OPS = ("accumulate", "accumulate_conv", "project")
+# Each op's implementations carry its name: ``reference.<op>_``, ``kernels/cpp.py``
+# (csrc/cpu/<op>.cpp), ``kernels/cuda.py`` (csrc/cuda/<op>.cu), ``kernels/triton/<op>.py``.
+OPS = ("accumulate", "accumulate_conv", "project_grads")
 BACKENDS = ("reference", "cpp", "cuda", "triton")
 ENV_VAR = "UNSC_FAST_BACKEND"
 
+# The reference registers nothing itself (it stays plain math): its function for op ``o`` is
+# ``unsc_fast.reference.<o>_``, registered here on first use.
 _MODULES = {
-    "reference": "unsc_fast.kernels.reference",
+    "reference": "unsc_fast.reference",
     "cpp": "unsc_fast.kernels.cpp",
     "cuda": "unsc_fast.kernels.cuda",
     "triton": "unsc_fast.kernels.triton",
@@ -83,7 +87,10 @@ def register(op: str, backend: str, devices: tuple[str, ...] = ("cpu", "cuda"),
 def _load(backend: str) -> bool:
     if backend not in _loaded and backend not in _load_errors:
         try:
-            importlib.import_module(_MODULES[backend])
+            module = importlib.import_module(_MODULES[backend])
+            if backend == "reference":
+                for op in OPS:
+                    register(op, "reference")(getattr(module, op + "_"))
             _loaded.add(backend)
         except Exception as exc:  # an optional backend must never break the package
             _load_errors[backend] = f"{type(exc).__name__}: {exc}"

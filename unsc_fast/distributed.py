@@ -19,11 +19,16 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from .stats import SecondMoments, _progress
+from . import helpers
+from .layer_basis import LayerBasis, layer_basis
+
+if TYPE_CHECKING:
+    from .stats import SecondMoments
 
 _BLOCK = 256  # largest block-row height of S's packed upper triangle
 
@@ -169,7 +174,6 @@ def distributed_bases(moments: SecondMoments, rule, *, include_bias: bool, store
     and row counts) before any work. A failure on the rank that owns a layer is raised on
     every rank.
     """
-    from .bases import LayerBasis, layer_basis
     dist = _dist()
     _check_same(moments, group, with_counts=True,
                 what="ranks hold different statistics (layers, shapes or row counts): sum them"
@@ -183,7 +187,7 @@ def distributed_bases(moments: SecondMoments, rule, *, include_bias: bool, store
     mine: dict[int, LayerBasis] = {}
     error: BaseException | None = None
     owned = [i for i in range(len(lms)) if owner[i] == me]
-    with _progress(owned, progress, f"bases (rank {me})") as todo:
+    with helpers.progress(owned, progress, f"bases (rank {me})") as todo:
         for i in todo:
             try:
                 mine[i] = layer_basis(names[i], lms[i], rule, include_bias=include_bias,

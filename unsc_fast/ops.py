@@ -1,6 +1,16 @@
 """The three ops every backend implements, validated once here before any backend runs.
 
-Contract (the reference in :mod:`unsc_fast.kernels.reference` is the spec):
+Contract (the functions of the same name in :mod:`unsc_fast.reference` are the spec). Each op
+has one name everywhere; its implementations are
+
+============== ========================== ============================================
+backend        where                      symbol
+============== ========================== ============================================
+reference      unsc_fast/reference.py     ``accumulate_``, ``accumulate_conv_``, ``project_grads_``
+cpp (CPU)      csrc/cpu/<op>.cpp          ``torch.ops.unsc_fast.<op>_`` (kernels/cpp.py)
+cuda           csrc/cuda/<op>.cu          ``torch.ops.unsc_fast.<op>_`` (kernels/cuda.py)
+triton         unsc_fast/kernels/triton/  ``<op>.py``: ``torch.ops.unsc_fast_triton.<op>_``
+============== ========================== ============================================
 
 ``accumulate_(S, X)``
     S (d, d) fp32/fp64, X (n, d) fp16/bf16/fp32/fp64: ``S += XᵀX`` accumulated in S's dtype.
@@ -8,21 +18,28 @@ Contract (the reference in :mod:`unsc_fast.kernels.reference` is the spec):
 ``accumulate_conv_(S, x, geom)``
     S (groups, d, d), x (N, C, H, W) in any memory format: ``S[g] += P_gᵀP_g`` over every
     receptive-field patch P_g of group g, patch order (C/groups, kh, kw). Upper triangles only.
-``project_(grads, bases, subtract)``
-    For each i, in place: ``G_i ← G_i − (G_i B_i)B_iᵀ`` if ``subtract[i]`` else
+``project_grads_(grads, bases, subtract)``
+    The grouped gradient op (not to be confused with the model-level
+    :func:`unsc_fast.project_`, which gathers a model's gradients and calls this). For each i,
+    in place: ``G_i ← G_i − (G_i B_i)B_iᵀ`` if ``subtract[i]`` else
     ``(G_i B_i)B_iᵀ``; G_i (rows, d) may be a strided view, B_i (d, m) orthonormal, m ≥ 0.
 
-Bad input raises ``ValueError``/``TypeError`` here, before anything is written.
+Bad input raises ``ValueError``/``TypeError`` here, before anything is written. Empty inputs
+(no rows) and rank-0 bases are handled here too, once for every backend: a kernel only ever
+sees work to do.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from . import dispatch
-from .reference import ConvGeometry
+from .geometry import ConvGeometry
+
+__all__ = ["accumulate_", "accumulate_conv_", "project_grads_"]
 
 _ACC_DTYPES = (torch.float32, torch.float64)
 _IN_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -86,8 +103,8 @@ def accumulate_conv_(S: Tensor, x: Tensor, geom: ConvGeometry, *,
     return S
 
 
-def project_(grads: Sequence[Tensor], bases: Sequence[Tensor], subtract: Sequence[bool], *,
-             backend: str | None = None) -> None:
+def project_grads_(grads: Sequence[Tensor], bases: Sequence[Tensor], subtract: Sequence[bool],
+                   *, backend: str | None = None) -> None:
     """Project many gradients in one call, in place. See the module docstring."""
     grads, bases, subtract = list(grads), list(bases), list(subtract)
     bad = [s for s in subtract if not isinstance(s, (bool, int)) or isinstance(s, float)]
@@ -123,5 +140,26 @@ def project_(grads: Sequence[Tensor], bases: Sequence[Tensor], subtract: Sequenc
         if key in seen:
             raise ValueError(f"grads[{i}] and grads[{seen[key]}] are the same memory")
         seen[key] = i
-    _, fn = dispatch.resolve("project", grads[0].device, (grads, bases, subtract), backend)
+    # Nothing to compute for an empty gradient or a rank-0 basis: subtracting an empty core
+    # leaves G as it is, and projecting onto an empty null space gives 0.
+    work = []
+    for G, B, sub in zip(grads, bases, subtract):
+        if G.numel() == 0 or (B.shape[1] == 0 and sub):
+            continue
+        if B.shape[1] == 0:
+            G.zero_()
+            continue
+        work.append((G, B, sub))
+    if not work:
+        return
+    grads, bases, subtract = (list(t) for t in zip(*work))
+    _, fn = dispatch.resolve("project_grads", grads[0].device, (grads, bases, subtract), backend)
     fn(grads, bases, subtract)
+
+
+def project_(grads: Sequence[Tensor], bases: Sequence[Tensor], subtract: Sequence[bool], *,
+             backend: str | None = None) -> None:
+    """Deprecated name of :func:`project_grads_` (it clashed with :func:`unsc_fast.project_`)."""
+    warnings.warn("unsc_fast.ops.project_ is renamed project_grads_; the old name will go",
+                  DeprecationWarning, stacklevel=2)
+    project_grads_(grads, bases, subtract, backend=backend)

@@ -80,7 +80,7 @@ def project_(model_or_params: nn.Module | Mapping[str, Tensor] | Iterable[tuple[
                 subtract.append(lb.subtract[g])
         if G.data_ptr() != grad.data_ptr() or bgrad is not None:
             write_back.append((G, grad, bgrad))
-    ops.project_(grads, mats, subtract, backend=backend)
+    ops.project_grads_(grads, mats, subtract, backend=backend)
     for G, grad, bgrad in write_back:
         k = grad[0].numel() if len(grad) else 0
         grad.copy_(G[:, :k].view_as(grad))
@@ -137,7 +137,7 @@ class _NullSpaceLinear(torch.autograd.Function):
     ``G = δᵀX`` (δ: output gradients, X: inputs, rows = batch·tokens), so
     ``G − (GB)Bᵀ = δᵀ(X − (XB)Bᵀ)``: projecting the rows × d inputs instead of the out × d
     gradient gives the same matrix at ``rows/out`` of the cost. Backward projects whichever of
-    the two has fewer rows, through :func:`unsc_fast.ops.project_`, in the weight's dtype
+    the two has fewer rows, through :func:`unsc_fast.ops.project_grads_`, in the weight's dtype
     (under autocast the output gradient is half precision, the weight and basis are not).
 
     A backward that builds a graph (``create_graph=True``, e.g. a gradient penalty) returns
@@ -174,13 +174,13 @@ class _NullSpaceLinear(torch.autograd.Function):
         B = lb.bases[0].to(dt)
         if len(x2) < len(weight):   # project the inputs
             X = torch.cat([x2, x2.new_ones(len(x2), 1)], 1) if lb.include_bias else x2.clone()
-            ops.project_([X], [B], [lb.subtract[0]], backend=ctx.backend)
+            ops.project_grads_([X], [B], [lb.subtract[0]], backend=ctx.backend)
             G = g2.mT @ X
         else:                       # project the gradient
             G = g2.mT @ x2
             if lb.include_bias:
                 G = torch.cat([G, g2.sum(0).unsqueeze(1)], 1)
-            ops.project_([G], [B], [lb.subtract[0]], backend=ctx.backend)
+            ops.project_grads_([G], [B], [lb.subtract[0]], backend=ctx.backend)
         gw = G[:, :d] if need_w else None
         gb = (G[:, d] if lb.include_bias else g2.sum(0)) if need_b else None
         return gx, gw, gb, None, None, None

@@ -21,7 +21,8 @@ from .geometry import ConvGeometry
 
 __all__ = [
     "ConvGeometry", "conv_patches", "accumulate_", "accumulate_conv_", "symmetric",
-    "eigh_desc", "energy_rank", "floor_rank", "threshold_rank", "project", "pseudo_labels",
+    "eigh_desc", "energy_rank", "floor_rank", "threshold_rank", "project", "project_grads_",
+    "pseudo_labels",
 ]
 
 
@@ -115,6 +116,12 @@ def project(G: Tensor, B: Tensor, subtract: bool) -> Tensor:
     """
     GB = G @ B
     return G - GB @ B.mT if subtract else GB @ B.mT
+
+
+def project_grads_(grads: list[Tensor], bases: list[Tensor], subtract: list[bool]) -> None:
+    """:func:`project` for many gradients at once, each written back in place."""
+    for G, B, sub in zip(grads, bases, subtract):
+        G.copy_(project(G, B, sub))
 
 
 def pseudo_labels(logits: Tensor, labels: Tensor | None = None,

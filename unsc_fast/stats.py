@@ -18,7 +18,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import ops
-from .reference import ConvGeometry, symmetric
+from .geometry import ConvGeometry
+from . import helpers
+from .reference import symmetric
 
 SUPPORTED = (nn.Linear, nn.Conv2d)
 
@@ -183,13 +185,13 @@ class SecondMoments:
         if max_samples is not None and max_samples < 1:
             raise ValueError(f"max_samples must be a positive number of samples or None,"
                              f" got {max_samples}")
-        device = torch.device(device) if device is not None else _model_device(self.model)
+        device = torch.device(device) if device is not None else helpers.model_device(self.model)
         was_training = self.model.training
         self.model.eval()
         seen = 0
         tried: set[tuple] = set()
         try:
-            with _progress(data, progress, "second moments") as batches:
+            with helpers.progress(data, progress, "second moments") as batches:
                 for i, batch in enumerate(batches):
                     x = batch[0] if isinstance(batch, (tuple, list)) else batch
                     if max_samples is not None:
@@ -322,21 +324,3 @@ def _conv_colsum(x: Tensor, g: ConvGeometry) -> Tensor:
         xs = F.pad(xs, g.pad, mode="constant" if g.padding_mode == "zeros" else g.padding_mode)
     cols = F.unfold(xs, g.kernel_size, dilation=g.dilation, stride=g.stride)  # (1, C·k, L)
     return cols.sum(-1).view(g.groups, -1)
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
-@contextlib.contextmanager
-def _progress(data: Iterable, enabled: bool, desc: str):
-    if not enabled:
-        yield data
-        return
-    from tqdm.auto import tqdm
-    bar = tqdm(data, desc=desc, leave=False, dynamic_ncols=True)
-    try:
-        yield bar
-    finally:
-        bar.close()

@@ -15,7 +15,8 @@ from torch import nn
 from .bases import NullSpace, Rule, parse_rule
 from .project import project_, projected_backward
 from .reference import pseudo_labels
-from .stats import SecondMoments, _model_device, _progress
+from . import helpers
+from .stats import SecondMoments
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
@@ -127,7 +128,7 @@ def unlearn(model: nn.Module, forget: Iterable, retain: Iterable | None = None, 
     rule = parse_rule(rule)
     if project and bases is not None:
         bases.check(model)  # before any data is touched
-    device = _model_device(model)
+    device = helpers.model_device(model)
     dataset = getattr(forget, "dataset", None)
     n_forget = len(dataset) if dataset is not None else sum(len(x) for x, _ in _batches(forget))
     if n_forget == 0:
@@ -175,7 +176,7 @@ def unlearn(model: nn.Module, forget: Iterable, retain: Iterable | None = None, 
     # `rest` holds the other layers' bases, projected after backward.
     in_backward = projected_backward(unlearned, bases, backend=backend) if project \
         else contextlib.nullcontext(None)
-    with _progress(epochs_iter, progress and epochs > 1, "unlearning") as bar, \
+    with helpers.progress(epochs_iter, progress and epochs > 1, "unlearning") as bar, \
             in_backward as rest:
         for _ in bar:
             total, count = 0.0, 0

@@ -113,6 +113,6 @@ def accumulate_conv(S: Tensor, x: Tensor, geom: ConvGeometry) -> Tensor:
     return S
 
 
-@register("project", "cpp", devices=("cpu",))
+@register("project_grads", "cpp", devices=("cpu",))
 def project(grads: Sequence[Tensor], bases: Sequence[Tensor], subtract: Sequence[bool]) -> None:
     _ops.project_(list(grads), list(bases), [bool(s) for s in subtract])

@@ -26,4 +26,4 @@ if not _cpp.WITH_CUDA or not torch._C._dispatch_has_kernel_for_dispatch_key(
 accumulate = register("accumulate", "cuda", devices=("cuda",))(_cpp.accumulate)
 accumulate_conv = register("accumulate_conv", "cuda", devices=("cuda",),
                            supports=_cpp._conv_supported)(_cpp.accumulate_conv)
-project = register("project", "cuda", devices=("cuda",))(_cpp.project)
+project = register("project_grads", "cuda", devices=("cuda",))(_cpp.project)

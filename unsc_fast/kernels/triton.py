@@ -74,7 +74,7 @@ def accumulate_conv(S: Tensor, x: Tensor, geom: ConvGeometry) -> Tensor:
     return S
 
 
-@dispatch.register("project", "triton", devices=DEVICES)
+@dispatch.register("project_grads", "triton", devices=DEVICES)
 def project(grads: Sequence[Tensor], bases: Sequence[Tensor], subtract: Sequence[bool]) -> None:
     with _on_device(grads[0]):
         _proj.project_(list(grads), list(bases), [bool(s) for s in subtract])

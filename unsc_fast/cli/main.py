@@ -11,14 +11,14 @@ from functools import partial
 def _demo(args: argparse.Namespace) -> int:
     import torch
 
-    from . import unlearn
-    from .data import class_split, load_dataset, loader
-    from .metrics import accuracy, class_accuracies
-    from .models import build_model
-    from .train import train
+    from .. import unlearn
+    from ..lab.data import class_split, load_dataset, loader
+    from ..lab.metrics import accuracy, class_accuracies
+    from ..lab.models import build_model
+    from ..lab.train import train
 
     from .config import build_config
-    from .scenarios import Scenario
+    from ..lab.scenarios import Scenario
 
     # the job's checks, before any work: types and ranges of every flag
     build_config(None, {"dataset": args.dataset, "model": args.model, "forget": args.forget,
@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Machine unlearning via null space calibration (UNSC).",
         epilog="Each subcommand takes --config FILE.toml; flags override the file."
         " Exit status: 0 ok, 1 error (message on stderr), 2 bad command line.")
-    from . import __version__
+    from .. import __version__
     p.add_argument("--version", action="version", version=f"unsc-fast {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="train a small model on built-in data, forget a class,"

@@ -9,7 +9,7 @@ channel and hidden size (``width=0.125`` keeps tests tiny). Names (see ``MODELS`
   the GPM code UNSC builds on): three conv blocks (kernels 4, 3, 2; 64-128-256 channels) with
   BN, ReLU, dropout and 2x2 max-pooling, then two 2048-wide BN fully connected layers. It
   works for 28x28 grey and 32x32 RGB inputs alike (both end in 2x2 feature maps). Its
-  dropout precedes BatchNorm layers, so :func:`unsc_fast.train.train` recomputes the BN
+  dropout precedes BatchNorm layers, so :func:`unsc_fast.lab.train.train` recomputes the BN
   statistics in inference mode after training (GPM's code keeps no running statistics and
   normalises with batch statistics even at test time, so a prediction there depends on the
   rest of its batch).

@@ -143,7 +143,7 @@ def _mean_per_class(logits, labels, num_classes, classes=None) -> float | None:
 
 def evaluate(model: nn.Module, split, test: Iterable, *, batch_size: int = 512, seed: int = 0,
              mia_feature: str = "confidence", mia: bool = True) -> dict:
-    """Every metric of the protocol for ``model`` on a :class:`~unsc_fast.scenarios.ScenarioSplit`.
+    """Every metric of the protocol for ``model`` on a :class:`~unsc_fast.lab.scenarios.ScenarioSplit`.
 
     ``test`` is the test Dataset. Returns a dict (accuracies and MIA in percent)::
 

@@ -1,6 +1,6 @@
 """The jobs behind the command line: train, stats, unlearn, evaluate, compare.
 
-Each job takes a resolved :class:`~unsc_fast.config.Config` and paths, checks every input and
+Each job takes a resolved :class:`~unsc_fast.cli.config.Config` and paths, checks every input and
 output path before any work, and writes its outputs atomically at the end, so a failure
 leaves no partial file behind. Results are printed to stdout; progress bars go to stderr.
 """
@@ -16,15 +16,15 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ck
-from .baselines import METHODS, Task, run_method
+from ..lab.baselines import METHODS, Task, run_method
 from .config import Config, ConfigError
-from .data import DataSplit, class_split, load_dataset, loader
-from .io import atomic_save
-from .metrics import evaluate
-from .models import build_model
-from .report import build_report, markdown, render
-from .scenarios import Scenario, ScenarioSplit
-from .train import train
+from ..lab.data import DataSplit, class_split, load_dataset, loader
+from ..io import atomic_save
+from ..lab.metrics import evaluate
+from ..lab.models import build_model
+from ..lab.report import build_report, markdown, render
+from ..lab.scenarios import Scenario, ScenarioSplit
+from ..lab.train import train
 
 
 class JobError(ValueError):
@@ -102,7 +102,7 @@ def _device(cfg: Config) -> torch.device:
         raise ConfigError("device 'cuda' was asked for but no CUDA device is available")
     backend = cfg["backend"]
     if backend not in (None, "auto"):          # a forced backend must load, before any work
-        from .dispatch import availability
+        from ..dispatch import availability
         why = availability().get(backend, "unknown backend")
         if why != "available":
             raise ConfigError(f"--backend {backend} is not available here: {why}")
@@ -270,7 +270,7 @@ def train_job(cfg: Config, out, exclude_classes: list[int] | None = None) -> dic
         meta["scenario"] = {"kind": "class" if len(exclude) == 1 else "classes",
                             "classes": exclude}
     ck.save_checkpoint(out, model, meta)
-    from .metrics import class_accuracies
+    from ..lab.metrics import class_accuracies
     acc = class_accuracies(model, loader(data.test, cfg["evaluate.batch_size"]),
                            exclude or [], data.num_classes)
     what = f" (classes {exclude} left out)" if exclude else ""
@@ -285,8 +285,8 @@ def train_job(cfg: Config, out, exclude_classes: list[int] | None = None) -> dic
 
 def stats_job(cfg: Config, checkpoint, out, bases_out=None) -> dict:
     """Second moments of every layer's inputs over D_r, saved (and optionally the bases)."""
-    from .bases import NullSpace
-    from .stats import SecondMoments
+    from ..bases import NullSpace
+    from ..stats import SecondMoments
     out = check_output_file(out, "stats")
     if bases_out is not None:
         bases_out = check_output_file(bases_out, "bases")
@@ -404,7 +404,7 @@ def unlearn_job(cfg: Config, checkpoint, out, *, stats=None, bases=None, method:
                            dataset=_dataset_info(data), model=_model_info(cfg, model),
                            scenario=split.info(), runs=runs)
         outputs["report"] = rep
-        from .report import to_json
+        from ..lab.report import to_json
         report_text = to_json(rep)             # serialised before anything is written
     ck.save_checkpoint(out, res.model, new_meta)
     if bases_out is not None:
@@ -466,7 +466,7 @@ def evaluate_job(cfg: Config, checkpoints: list, out=None) -> dict:
     rep = build_report(command="evaluate", config=cfg.as_dict(), dataset=_dataset_info(data),
                        model=model_info, scenario=split.info(), runs=runs, methods=names)
     if out is not None:
-        from .report import to_json
+        from ..lab.report import to_json
         atomic_save(out, lambda f: f.write(to_json(rep)))
     _say(cfg, markdown(rep))
     return rep
@@ -476,7 +476,7 @@ def evaluate_job(cfg: Config, checkpoints: list, out=None) -> dict:
 
 def compare_job(cfg: Config, out_dir, figures: bool = True) -> dict:
     """Original vs retrain vs UNSC vs baselines, over seeds; one report, table and figures."""
-    from .stats import SecondMoments
+    from ..stats import SecondMoments
     out_dir = check_output_dir(out_dir)
     _device(cfg)
     methods = list(dict.fromkeys(cfg["compare.methods"]))

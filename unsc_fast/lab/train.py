@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .stats import _model_device, _progress
+from .. import helpers
 
 
 def make_optimizer(params, name: str = "adam", lr: float = 1e-3, weight_decay: float = 0.0,
@@ -29,10 +29,10 @@ def train(model: nn.Module, data: Iterable, *, epochs: int = 5, lr: float = 1e-3
     statistics recomputed over ``data`` at the end, in inference mode (see
     :func:`recalibrate_batchnorm`); models without dropout are left exactly as trained.
     """
-    device = _model_device(model)
+    device = helpers.model_device(model)
     opt = make_optimizer(model.parameters(), optimizer, lr, weight_decay, momentum)
     model.train()
-    with _progress(range(epochs), progress, desc) as bar:
+    with helpers.progress(range(epochs), progress, desc) as bar:
         for _ in bar:
             for x, y in data:
                 loss = F.cross_entropy(model(x.to(device)), y.to(device))
@@ -63,7 +63,7 @@ def recalibrate_batchnorm(model: nn.Module, data: Iterable, progress: bool = Fal
     MNIST 5k the AlexNet-style CNN drops from about 97% to about 80% test accuracy). One
     forward pass in eval mode, BatchNorm layers accumulating a plain average, fixes that.
     """
-    device = _model_device(model)
+    device = helpers.model_device(model)
     bns = [m for m in model.modules() if isinstance(m, _BN) and m.track_running_stats]
     model.eval()
     saved = [m.momentum for m in bns]
@@ -96,7 +96,7 @@ def recalibrate_batchnorm(model: nn.Module, data: Iterable, progress: bool = Fal
 @torch.no_grad()
 def predict(model: nn.Module, data: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and labels of ``model`` (eval mode) over ``data``, on the CPU."""
-    device = _model_device(model)
+    device = helpers.model_device(model)
     was = model.training
     model.eval()
     logits, labels = [], []

@@ -17,10 +17,10 @@ METHOD_NAMES = ("original", "retrain", "unsc", "finetune", "grad_ascent", "rando
                 "random_labels_proj", "boundary_shrink", "salun")
 
 DEFAULTS: dict[str, Any] = {
-    "dataset": "mnist5k",        # see unsc_fast.data.dataset_names()
+    "dataset": "mnist5k",        # see unsc_fast.lab.data.dataset_names()
     "data_root": None,           # directory of local files (fashion_mnist, cifar10, ...)
     "data_seed": 0,              # train/test split of built-in data, k-means, random picks
-    "model": "small_cnn",        # see unsc_fast.models.MODELS
+    "model": "small_cnn",        # see unsc_fast.lab.models.MODELS
     "width": 1.0,                # channel / hidden-size multiplier
     "seed": 0,                   # model init, shuffling, dropout, random labels
     "device": "cpu",
@@ -301,12 +301,12 @@ def validate(cfg: Config) -> None:
         if not isinstance(hp, dict):
             raise ConfigError(f"[methods.{name}] must be a table")
         check_hyperparameters(name, hp)
-    from .bases import parse_rule
+    from ..bases import parse_rule
     try:
         parse_rule(cfg["unlearn.rule"])
     except (ValueError, TypeError) as exc:
         raise ConfigError(str(exc)) from None
-    from .dispatch import requested_backend
+    from ..dispatch import requested_backend
     try:
         requested_backend(cfg["backend"])
     except ValueError as exc:
@@ -330,7 +330,7 @@ def check_hyperparameters(method: str, hp: dict) -> None:
     """Names and value types of ``[methods.<method>]`` against the method's signature."""
     import inspect
 
-    from .baselines import METHODS
+    from ..lab.baselines import METHODS
     params = {k: p for k, p in inspect.signature(METHODS[method]).parameters.items()
               if k != "task"}
     unknown = sorted(set(hp) - set(params))
@@ -355,7 +355,7 @@ def check_hyperparameters(method: str, hp: dict) -> None:
         if ok and k in _HP_RANGES and not isinstance(v, (bool, str)):
             ok, what = _HP_RANGES[k][0](v), _HP_RANGES[k][1]
         if ok and k == "rule":
-            from .bases import parse_rule
+            from ..bases import parse_rule
             try:
                 parse_rule(v)
             except (ValueError, TypeError) as exc:

@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import helpers
+from ..reference import pseudo_labels
+from ..unlearn import freeze_for_unlearning, unlearn
 from .data import loader
-from .reference import pseudo_labels
 from .scenarios import ScenarioSplit
-from .stats import _model_device, _progress
-from .unlearn import freeze_for_unlearning, unlearn
 
 
 @dataclass
@@ -131,7 +131,7 @@ def retrain(task: Task, epochs: int | None = None, lr: float | None = None) -> M
     tr["lr"] = tr["lr"] if lr is None else lr
     torch.manual_seed(task.seed)
     model = build_model(task.model_name, task.input_shape, task.split.num_classes, task.width)
-    model.to(_model_device(task.model))
+    model.to(helpers.model_device(task.model))
     t = time.perf_counter()
     train(model, loader(task.split.retain, tr["batch_size"], True, task.seed),
           epochs=tr["epochs"], lr=tr["lr"], weight_decay=tr.get("weight_decay", 0.0),
@@ -213,11 +213,11 @@ def _df_loop(task: Task, model: nn.Module, params: list, epochs: int, lr: float,
     """SGD over D_f batches: ``step(x, y) -> loss`` computes the loss to minimise; gradients
     are multiplied by ``mask`` when given. Stops early (and says so) if the loss turns
     non-finite. Returns (seconds, diverged)."""
-    device = _model_device(model)
+    device = helpers.model_device(model)
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum)
     data = task.forget_loader(batch_size)
     t = time.perf_counter()
-    with _progress(range(epochs), task.progress and epochs > 1, desc) as bar:
+    with helpers.progress(range(epochs), task.progress and epochs > 1, desc) as bar:
         for _ in bar:
             for x, y in data:
                 loss = step(x.to(device), y.to(device))
@@ -284,7 +284,7 @@ def salun(task: Task, lr: float = 3e-3, epochs: int = 5, sparsity: float = 0.5,
     """Saliency-masked random labels on D_f, plus true-labelled D_r batches (SalUn, RL)."""
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"salun sparsity must lie in [0, 1), got {sparsity}")
-    device = _model_device(task.model)
+    device = helpers.model_device(task.model)
     model = copy.deepcopy(task.model)
     params = _trainable(model)
     t = time.perf_counter()

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .io import atomic_save
+from ..io import atomic_save
 
 CHECKPOINT_FORMAT = "unsc_fast.checkpoint/1"
 STATS_FORMAT = "unsc_fast.stats/1"
@@ -140,7 +140,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict) -> Pa
 def load_checkpoint(path: str | os.PathLike, device: str = "cpu"
                     ) -> tuple[nn.Module, dict]:
     """Rebuild the model a checkpoint describes and load its weights; returns (model, meta)."""
-    from .models import build_model
+    from ..lab.models import build_model
     tensors, meta = load_tensors(path, "checkpoint")
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a model checkpoint: it holds"
@@ -177,7 +177,7 @@ def save_moments(path: str | os.PathLike, moments, meta: dict) -> Path:
 
 def load_moments(path: str | os.PathLike, model: nn.Module, backend: str | None = None):
     """(SecondMoments for ``model``, metadata) from a file of :func:`save_moments`."""
-    from .stats import SecondMoments
+    from ..stats import SecondMoments
     tensors, meta = load_tensors(path, "statistics file")
     if meta.get("format") != STATS_FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a statistics file: it holds"
@@ -217,7 +217,7 @@ def save_bases(path: str | os.PathLike, bases, job: dict) -> Path:
 
 def load_bases(path: str | os.PathLike, model: nn.Module):
     """(NullSpace, job metadata or {}) and a check that the bases fit ``model``'s layers."""
-    from .bases import NullSpace
+    from ..bases import NullSpace
     p = require_file(path, "bases file")
     file_format(p)
     try:

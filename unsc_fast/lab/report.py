@@ -86,7 +86,7 @@ def build_report(*, command: str, config: dict, dataset: dict, model: dict, scen
                  runs: list[dict], methods: list[str] | None = None) -> dict:
     """Assemble (and validate) a report from runs of ``{"method", "seed", "metrics",
     "times", "info"}``."""
-    from . import __version__
+    from .. import __version__
     methods = methods or list(dict.fromkeys(r["method"] for r in runs))
     reference = add_gaps(runs)
     report = {

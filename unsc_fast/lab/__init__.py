@@ -1,0 +1,6 @@
+"""The evaluation lab: data sets, the paper's models, training, forget scenarios, metrics,
+baselines and reports.
+
+It imports the library core (``unsc_fast``) and never the command line; the core never
+imports it. Its dependencies (scikit-learn, mlxtend, matplotlib) load only when used.
+"""

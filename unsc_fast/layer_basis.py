@@ -1,0 +1,86 @@
+"""The bases of one layer: core or null basis per conv group, from its statistics."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from . import reference as ref
+
+if TYPE_CHECKING:
+    from .rules import Rule
+    from .stats import LayerMoments
+
+# -- bases -----------------------------------------------------------------------------------
+
+
+@dataclass
+class LayerBasis:
+    """The bases of one layer: one (d, m_g) matrix per conv group (one for a Linear).
+
+    ``d`` counts the bias feature when ``include_bias``; ``ranks`` are the core ranks r_g.
+    """
+
+    kind: str
+    d: int
+    bases: list[Tensor]
+    subtract: list[bool]
+    ranks: list[int]
+    include_bias: bool = False
+
+    @property
+    def groups(self) -> int:
+        """Number of bases: the conv groups (1 for a Linear)."""
+        return len(self.bases)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The bases' dtype (that of group 0; all groups share it)."""
+        return self.bases[0].dtype
+
+    @property
+    def device(self) -> torch.device:
+        """The bases' device (that of group 0; all groups share it)."""
+        return self.bases[0].device
+
+    def to(self, device=None, dtype=None) -> "LayerBasis":
+        """A copy with every group's basis moved to ``device`` and/or cast to ``dtype``."""
+        return replace(self, bases=[b.to(device=device, dtype=dtype) for b in self.bases])
+
+    def core(self, g: int = 0) -> Tensor:
+        """The core basis U_r of group g (computed from U_0 when only that is stored)."""
+        B = self.bases[g]
+        if self.subtract[g]:
+            return B
+        evals, evecs = torch.linalg.eigh(torch.eye(self.d, dtype=torch.float64, device=B.device)
+                                         - B.double() @ B.double().mT)
+        return evecs[:, evals > 0.5].flip(-1).to(B.dtype)
+
+
+def _basis_from(evals: Tensor, evecs: Tensor, r: int, store: str) -> tuple[Tensor, bool]:
+    d = evals.numel()
+    subtract = {"core": True, "null": False}.get(store, r <= d - r)
+    return (evecs[:, :r] if subtract else evecs[:, r:]).contiguous(), subtract
+
+
+def layer_basis(name: str, lm: LayerMoments, rule: Rule, *, include_bias: bool = False,
+                store: str = "auto", dtype: torch.dtype = torch.float32) -> LayerBasis:
+    """The bases of one layer's statistics: eigh of C = S/n per group, then the rank rule."""
+    try:
+        C = lm.covariance(include_bias)
+    except ValueError as exc:
+        raise ValueError(f"layer {name!r}: {exc}") from None
+    bases, subs, ranks = [], [], []
+    for Cg in C:
+        try:
+            evals, evecs = ref.eigh_desc(Cg)
+        except torch.linalg.LinAlgError as exc:
+            raise torch.linalg.LinAlgError(f"layer {name!r}: {exc}") from None
+        r = rule.rank(evals)
+        B, sub = _basis_from(evals, evecs, r, store)
+        bases.append(B.to(dtype))
+        subs.append(sub)
+        ranks.append(r)
+    return LayerBasis(lm.kind, C.shape[-1], bases, subs, ranks, include_bias)
