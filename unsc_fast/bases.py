@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from . import helpers
 from . import reference as ref
 from .io import atomic_save
-from .layer_basis import LayerBasis, layer_basis
+from .layer_basis import METHODS, LayerBasis, layer_basis
 from .rules import EigenFloor, Energy, FixedRank, Rule, Threshold, gpm_schedule, parse_rule
 from .stats import LayerMoments, SecondMoments
 
@@ -103,7 +103,7 @@ class NullSpace(Mapping[str, LayerBasis]):
     def from_moments(cls, moments: SecondMoments, rule: Rule | str = Energy(0.99), *,
                      include_bias: bool | None = None, store: str = "auto",
                      dtype: torch.dtype = torch.float32, distribute: bool = False,
-                     group=None, progress: bool = False) -> "NullSpace":
+                     group=None, progress: bool = False, method: str = "eigh") -> "NullSpace":
         """Bases of every layer of ``moments`` under a rank rule (default ε = 0.99).
 
         ``store``: ``"auto"`` keeps the smaller of U_r and U_0, ``"core"`` or ``"null"`` force
@@ -112,20 +112,29 @@ class NullSpace(Mapping[str, LayerBasis]):
         :meth:`SecondMoments.all_reduce_`): each rank of ``group`` decomposes a share of the
         layers and broadcasts them, so every rank ends with the same bases in about 1/world of
         the time (see :mod:`unsc_fast.distributed`). ``progress`` shows a bar over the layers
-        (on every rank, over its own layers, when distributed).
+        (on every rank, over its own layers, when distributed). ``method``: ``"eigh"`` (float64,
+        the reference) or ``"fast"`` (float32 subspace iteration whose core keeps at least the
+        exact rule's energy; for wide layers, see :mod:`unsc_fast.spectral`).
         """
         rule = parse_rule(rule)
         if store not in ("auto", "core", "null"):
             raise ValueError(f"store must be 'auto', 'core' or 'null', got {store!r}")
+        if method not in METHODS:
+            raise ValueError(f"unknown basis method {method!r}; choose one of {METHODS}")
+        if method == "fast" and isinstance(rule, EigenFloor):
+            raise ValueError("method='fast' needs an energy, threshold or rank rule: the floor"
+                             " rule needs the smallest eigenvalue (use method='eigh')")
         include_bias = moments.include_bias if include_bias is None else include_bias
         moments.check_finite()
         if distribute:
             from .distributed import distributed_bases
             return cls(distributed_bases(moments, rule, include_bias=include_bias, store=store,
-                                         dtype=dtype, group=group, progress=progress))
+                                         dtype=dtype, group=group, progress=progress,
+                                         method=method))
         with helpers.progress(list(moments.moments.items()), progress, "bases") as items:
             return cls({name: layer_basis(name, lm, rule, include_bias=include_bias,
-                                          store=store, dtype=dtype) for name, lm in items})
+                                          store=store, dtype=dtype, method=method)
+                        for name, lm in items})
 
     @classmethod
     def grow(cls, per_step: Sequence[SecondMoments],

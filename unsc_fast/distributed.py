@@ -167,7 +167,8 @@ def assign_layers(costs: list[float], world: int) -> list[int]:
 
 
 def distributed_bases(moments: SecondMoments, rule, *, include_bias: bool, store: str,
-                      dtype: torch.dtype, group=None, progress: bool = False) -> dict:
+                      dtype: torch.dtype, group=None, progress: bool = False,
+                      method: str = "eigh") -> dict:
     """Per-layer bases, each decomposed on one rank and broadcast to all (see module doc).
 
     Every rank must pass the same, already summed statistics; that is checked (layers, shapes
@@ -191,7 +192,7 @@ def distributed_bases(moments: SecondMoments, rule, *, include_bias: bool, store
         for i in todo:
             try:
                 mine[i] = layer_basis(names[i], lms[i], rule, include_bias=include_bias,
-                                      store=store, dtype=dtype)
+                                      store=store, dtype=dtype, method=method)
             except Exception as exc:  # raised on every rank below, after the collective
                 error = exc
                 break

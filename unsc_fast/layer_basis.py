@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from . import reference as ref
+from .spectral import fast_core
 
 if TYPE_CHECKING:
     from .rules import Rule
@@ -65,15 +66,42 @@ def _basis_from(evals: Tensor, evecs: Tensor, r: int, store: str) -> tuple[Tenso
     return (evecs[:, :r] if subtract else evecs[:, r:]).contiguous(), subtract
 
 
+def _fast_basis(C: Tensor, rule: Rule, store: str) -> tuple[Tensor, bool, int]:
+    """U_r from :func:`unsc_fast.spectral.fast_core`, or its complement U_0 when smaller."""
+    core = fast_core(C, rule)
+    d, r = C.shape[-1], core.rank
+    if {"core": True, "null": False}.get(store, r <= d - r):
+        return core.basis.contiguous(), True, r
+    Q, _ = torch.linalg.qr(core.basis.double(), mode="complete")
+    return Q[:, r:].contiguous(), False, r
+
+
+METHODS = ("eigh", "fast")
+
+
 def layer_basis(name: str, lm: LayerMoments, rule: Rule, *, include_bias: bool = False,
-                store: str = "auto", dtype: torch.dtype = torch.float32) -> LayerBasis:
-    """The bases of one layer's statistics: eigh of C = S/n per group, then the rank rule."""
+                store: str = "auto", dtype: torch.dtype = torch.float32,
+                method: str = "eigh") -> LayerBasis:
+    """The bases of one layer's statistics: C = S/n per group, then the rank rule.
+
+    ``method="eigh"`` decomposes C in float64 (the reference); ``"fast"`` finds the core by
+    float32 subspace iteration with a float64 energy check (:mod:`unsc_fast.spectral`), for
+    LLM-width layers, and keeps at least the exact rule's energy.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown basis method {method!r}; choose one of {METHODS}")
     try:
         C = lm.covariance(include_bias)
     except ValueError as exc:
         raise ValueError(f"layer {name!r}: {exc}") from None
     bases, subs, ranks = [], [], []
     for Cg in C:
+        if method == "fast":
+            B, sub, r = _fast_basis(Cg, rule, store)
+            bases.append(B.to(dtype))
+            subs.append(sub)
+            ranks.append(r)
+            continue
         try:
             evals, evecs = ref.eigh_desc(Cg)
         except torch.linalg.LinAlgError as exc:
