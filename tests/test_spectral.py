@@ -78,3 +78,14 @@ def test_nullspace_rejects_an_unknown_method_before_any_work():
         uf.NullSpace.from_moments(moments, method="svd")
     with pytest.raises(ValueError, match="floor"):
         uf.NullSpace.from_moments(moments, "floor:10", method="fast")
+
+
+def test_basis_benchmark_smoke():
+    from benchmarks.basis import covariance, markdown, run
+    C = covariance(64, 2.0)
+    torch.testing.assert_close(C, C.mT)
+    assert torch.linalg.eigvalsh(C).min() > 0
+    rows = run([64], [2.0], 0.99)
+    assert rows[0]["rank_fast"] >= rows[0]["rank_exact"]
+    assert "| 64 | 2.0 |" in markdown(rows, {"torch_threads": 1, "cpu_model": "x", "torch": "t",
+                                             "git_commit": "0" * 10})
