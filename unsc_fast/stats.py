@@ -1,28 +1,31 @@
 """Streaming layer-input second moments over D_r, collected by forward hooks.
 
-:class:`SecondMoments` watches every supported layer of a model (``nn.Linear``, ``nn.Conv2d``)
-by module name and accumulates ``S += XᵀX`` and the row count ``n`` for each, through the
+:class:`SecondMoments` watches every covered layer of a model (``nn.Linear``, ``nn.Conv2d``,
+transformers' ``Conv1D``; see :mod:`unsc_fast.layers`) by module name and accumulates ``S += XᵀX`` and the row count ``n`` for each, through the
 fast ops of :mod:`unsc_fast.ops`. Statistics stream: any number of batches, chunked or not,
 give the same S; :meth:`SecondMoments.all_reduce_` sums them across ``torch.distributed`` ranks.
+
+Batches may be tensors, tuples (inputs first) or mappings such as a tokenizer's
+``BatchEncoding`` (passed as ``model(**batch)``); with an ``attention_mask`` only the positions
+where it is 1 enter S. Layers that receive the very same input tensor in a forward (q/k/v,
+gate/up) are detected on the first forward and share one statistic (``shared``).
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import pickle
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import ops
+from . import helpers, layers, ops
 from .geometry import ConvGeometry
-from . import helpers
 from .reference import symmetric
 
-SUPPORTED = (nn.Linear, nn.Conv2d)
 
 
 @dataclass
@@ -64,37 +67,19 @@ class LayerMoments:
         return C / self.n
 
 
-def supported_layers(model: nn.Module, names: Iterable[str] | None = None
+def supported_layers(model: nn.Module, names: Iterable[str] | str | None = None
                      ) -> dict[str, nn.Module]:
-    """The supported layers of ``model`` by module name, or the named subset (validated)."""
-    modules = dict(model.named_modules())
-    if names is None:
-        found = {n: m for n, m in modules.items() if isinstance(m, SUPPORTED)}
-        if not found:
-            raise ValueError(f"{type(model).__name__} has no supported layer"
-                             f" ({', '.join(t.__name__ for t in SUPPORTED)})")
-        return found
-    names = list(names)
-    missing = [n for n in names if n not in modules]
-    if missing:
-        raise KeyError(f"no module named {missing} in {type(model).__name__}")
-    wrong = [n for n in names if not isinstance(modules[n], SUPPORTED)]
-    if wrong:
-        raise TypeError(f"modules {wrong} are not of a supported type"
-                        f" ({', '.join(t.__name__ for t in SUPPORTED)})")
-    if not names:
-        raise ValueError("the list of layers is empty")
-    return {n: modules[n] for n in names}
+    """The covered layers of ``model`` by module name (see :func:`unsc_fast.layers.select_layers`:
+    names or patterns, tied weights left out)."""
+    return layers.select_layers(model, names)
 
 
-def _new_moments(module: nn.Module, dtype: torch.dtype, include_bias: bool) -> LayerMoments:
-    dev = module.weight.device
-    if isinstance(module, nn.Conv2d):
-        geom = ConvGeometry.of(module)
-        g, d = geom.groups, geom.patch_dim(module.in_channels)
-        kind = "conv2d"
-    else:
-        geom, g, d, kind = None, 1, module.in_features, "linear"
+def _new_moments(module: nn.Module, dtype: torch.dtype, include_bias: bool,
+                 device: torch.device | None = None) -> LayerMoments:
+    dev = module.weight.device if device is None else device
+    kind = layers.kind_of(module)
+    geom = ConvGeometry.of(module) if kind == "conv2d" else None
+    g, d = layers.groups_of(module), layers.input_dim(module)
     S = torch.zeros(g, d, d, dtype=dtype, device=dev)
     colsum = torch.zeros(g, d, dtype=dtype, device=dev) if include_bias else None
     return LayerMoments(kind, S, 0, colsum, geom)
@@ -111,12 +96,17 @@ class SecondMoments:
 
     Args:
         model: the trained model θ_o (put in eval mode while collecting).
-        layers: module names to watch; default every ``nn.Linear`` and ``nn.Conv2d``.
+        layers: module names or ``fnmatch`` patterns to watch (``"model.layers.*.mlp.*"``);
+            default every covered layer whose weight is not tied to another module's.
         dtype: accumulation dtype of S, ``torch.float32`` (default) or ``torch.float64``.
         include_bias: also keep column sums, for bases that cover the bias as a 1-feature.
         backend: force a backend for the accumulate ops (see :mod:`unsc_fast.dispatch`).
         check_inputs: in :meth:`collect`, refuse an input batch holding NaN/Inf before the
             forward, so it leaves no trace (one pass over the batch and one device sync).
+        device: where S is kept (default: each layer's weight device), e.g. the CPU while the
+            model runs on a GPU; inputs are copied there to be accumulated.
+        share_inputs: layers fed the very same input tensor share one statistic (``shared``
+            maps each follower to the layer whose statistic it uses).
     """
 
     model: nn.Module
@@ -125,7 +115,10 @@ class SecondMoments:
     include_bias: bool = False
     backend: str | None = None
     check_inputs: bool = True
+    device: torch.device | str | None = None
+    share_inputs: bool = True
     moments: dict[str, LayerMoments] = field(init=False)
+    shared: dict[str, str] = field(init=False)
 
     def __post_init__(self) -> None:
         if self.dtype not in (torch.float32, torch.float64):
@@ -134,87 +127,168 @@ class SecondMoments:
             self.layers = [self.layers]
         self._modules = supported_layers(self.model, self.layers)
         self.layers = list(self._modules)
-        self.moments = {n: _new_moments(m, self.dtype, self.include_bias)
+        dev = None if self.device is None else torch.device(self.device)
+        self.moments = {n: _new_moments(m, self.dtype, self.include_bias, dev)
                         for n, m in self._modules.items()}
+        self.shared = {}
+        self._sharing_known = not self.share_inputs
+        self._inputs_seen: dict[int, tuple[str, Tensor]] = {}
+        self._mask: Tensor | None = None
 
     # -- accumulation -------------------------------------------------------------------
     @torch.no_grad()
     def update(self, name: str, x: Tensor) -> None:
         """Add one batch of inputs ``x`` of layer ``name`` (as the layer receives them)."""
-        lm = self.moments[name]
+        lm = self.moments[self.shared.get(name, name)]
+        if x.device != lm.S.device:
+            x = x.to(lm.S.device)
         if lm.kind == "conv2d":
+            if self._mask is not None:
+                raise ValueError(f"layer {name!r}: an attention_mask cannot select conv inputs")
             x = x.unsqueeze(0) if x.dim() == 3 else x
             ops.accumulate_conv_(lm.S, x, lm.geometry, backend=self.backend)
             rows = x.shape[0] * _conv_positions(x, lm.geometry)
             if lm.colsum is not None:
                 lm.colsum += _conv_colsum(x, lm.geometry).to(lm.colsum.dtype)
         else:
-            x = x.reshape(-1, x.shape[-1])
+            x = self._unmasked_rows(name, x)
             ops.accumulate_(lm.S[0], x, backend=self.backend)
             rows = x.shape[0]
             if lm.colsum is not None:
                 lm.colsum[0] += x.sum(0, dtype=lm.colsum.dtype)
         lm.n += rows
 
+    def _unmasked_rows(self, name: str, x: Tensor) -> Tensor:
+        """The (rows, d) input vectors of a Linear/Conv1D, without masked (padding) positions."""
+        rows = x.reshape(-1, x.shape[-1])
+        mask = self._mask
+        if mask is None:
+            return rows
+        if x.shape[:-1] != mask.shape and x.shape[:-1].numel() != mask.numel():
+            raise ValueError(f"layer {name!r}: its input {tuple(x.shape)} does not line up with"
+                             f" the attention_mask {tuple(mask.shape)}; leave it out (layers=)")
+        return rows[mask.reshape(-1).to(rows.device)]
+
     @contextlib.contextmanager
     def hooks(self) -> Iterator["SecondMoments"]:
         """Accumulate the inputs of every watched layer during forwards inside this block."""
         handles = [m.register_forward_pre_hook(self._hook(n)) for n, m in self._modules.items()]
+        handles.append(self.model.register_forward_pre_hook(self._forward_begins))
+        handles.append(self.model.register_forward_hook(self._forward_ends))
         try:
             yield self
         finally:
             for h in handles:
                 h.remove()
+            self._inputs_seen.clear()
+
+    def _forward_begins(self, module: nn.Module, args) -> None:
+        self._inputs_seen.clear()
+
+    def _forward_ends(self, module: nn.Module, args, output) -> None:
+        # The first forward decided which layers share an input: drop their own statistics.
+        if not self._sharing_known:
+            self._sharing_known = True
+            for follower in self.shared:
+                self.moments.pop(follower, None)
+        self._inputs_seen.clear()
+
+    def _shares_with(self, name: str, x: Tensor) -> str | None:
+        """The earlier layer of this forward that received the very same tensor, if its
+        statistic can stand for this layer's (same kind of input vectors, same geometry)."""
+        seen = self._inputs_seen.get(id(x))
+        if seen is None or seen[1] is not x:
+            return None
+        lead = self.shared.get(seen[0], seen[0])
+        a, b = self.moments[lead], self.moments.get(name) or self.moments[self.shared[name]]
+        vector_kinds = {"linear", "conv1d"}
+        same = (a.kind in vector_kinds and b.kind in vector_kinds) or (
+            a.kind == b.kind == "conv2d" and a.geometry == b.geometry)
+        if same and a.S.shape == b.S.shape and (a.colsum is None) == (b.colsum is None):
+            return lead
+        return None
 
     def _hook(self, name: str):
         def hook(module: nn.Module, args: tuple) -> None:
-            self.update(name, args[0].detach())
+            x = args[0]
+            if not self._sharing_known:
+                lead = self._shares_with(name, x)
+                if lead is not None:
+                    self.shared[name] = lead
+                    return
+            elif name in self.shared:
+                if self._shares_with(name, x) != self.shared[name]:
+                    raise RuntimeError(f"layer {name!r} shared its input with"
+                                       f" {self.shared[name]!r} in the first forward but not"
+                                       " now; use share_inputs=False for this model")
+                return
+            self._inputs_seen.setdefault(id(x), (name, x))
+            self.update(name, x.detach())
         return hook
 
     @torch.no_grad()
     def collect(self, data: Iterable, *, device: torch.device | str | None = None,
-                max_samples: int | None = None, progress: bool = True) -> "SecondMoments":
+                max_samples: int | None = None, max_tokens: int | None = None,
+                progress: bool = True) -> "SecondMoments":
         """Run the model (eval mode) over ``data`` and accumulate; returns ``self``.
 
-        ``data`` yields input tensors or ``(inputs, labels, ...)`` tuples. ``max_samples``
-        caps the number of samples (a budget for large D_r). Raises on empty data.
+        ``data`` yields input tensors, ``(inputs, labels, ...)`` tuples, or mappings (a dict
+        or ``BatchEncoding`` of tensors, passed as ``model(**batch)``). With an
+        ``attention_mask`` in a mapping, only the positions where it is 1 are counted.
+        ``max_samples`` caps the number of samples (sequences), ``max_tokens`` the number of
+        counted tokens (whole sequences: the batch that crosses it is cut, keeping at least
+        one). Raises on empty data.
 
         A batch the model cannot take (wrong shape, dtype or device) raises before any layer
         has seen it: each new input shape is first tried on one sample without the hooks.
         """
-        if max_samples is not None and max_samples < 1:
-            raise ValueError(f"max_samples must be a positive number of samples or None,"
-                             f" got {max_samples}")
+        for what, cap in (("max_samples", max_samples), ("max_tokens", max_tokens)):
+            if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+                raise ValueError(f"{what} must be a positive whole number or None, got {cap!r}")
         device = torch.device(device) if device is not None else helpers.model_device(self.model)
         was_training = self.model.training
         self.model.eval()
-        seen = 0
+        seen = tokens = 0
         tried: set[tuple] = set()
         try:
             with helpers.progress(data, progress, "second moments") as batches:
                 for i, batch in enumerate(batches):
-                    x = batch[0] if isinstance(batch, (tuple, list)) else batch
+                    inputs = _as_inputs(batch, i)
                     if max_samples is not None:
-                        x = x[: max(0, max_samples - seen)]
-                    if len(x) == 0:
+                        inputs = _rows(inputs, max(0, max_samples - seen))
+                    if max_tokens is not None:
+                        inputs = _within_tokens(inputs, max_tokens - tokens)
+                    n = _batch_len(inputs)
+                    if n == 0:
                         break
-                    x = x.to(device)
-                    if self.check_inputs and x.is_floating_point() and \
-                            not bool(torch.isfinite(x).all()):
-                        raise ValueError(f"input batch {i} holds NaN or Inf; the statistics"
-                                         " are unchanged by it")
-                    key = (tuple(x.shape[1:]), x.dtype)
+                    inputs = {k: v.to(device) if isinstance(v, Tensor) else v
+                              for k, v in inputs.items()}
+                    if self.check_inputs:
+                        for k, v in inputs.items():
+                            if isinstance(v, Tensor) and v.is_floating_point() and \
+                                    not bool(torch.isfinite(v).all()):
+                                raise ValueError(f"input batch {i} holds NaN or Inf; the"
+                                                 " statistics are unchanged by it")
+                    key = tuple((k, tuple(v.shape[1:]), v.dtype) for k, v in inputs.items()
+                                if isinstance(v, Tensor))
                     if key not in tried:
                         try:
-                            self.model(x[:1])
+                            _call(self.model, _rows(inputs, 1))
                         except Exception as exc:
-                            raise _reworded(exc, f"input batch {i} {tuple(x.shape)} does not"
-                                            f" fit the model ({exc}); the statistics are"
-                                            " unchanged by it") from exc
+                            shape = tuple(_first_tensor(inputs).shape)
+                            raise _reworded(exc, f"input batch {i} {shape} does not fit the"
+                                            f" model ({exc}); the statistics are unchanged by"
+                                            " it") from exc
                         tried.add(key)
-                    with self.hooks():
-                        self.model(x)
-                    seen += len(x)
+                    mask = inputs.get("attention_mask")
+                    self._mask = None if mask is None else mask.bool()
+                    try:
+                        with self.hooks():
+                            _call(self.model, inputs)
+                    finally:
+                        self._mask = None
+                    seen += n
+                    tokens += _token_count(inputs)
         finally:
             self.model.train(was_training)
         if seen == 0:
@@ -301,6 +375,66 @@ class SecondMoments:
             raise ValueError(f"{str(path)!r} is not a statistics file of SecondMoments.save")
         self.load_state_dict(state)
         return self
+
+
+_POSITIONAL = "__input__"  # the key of a positional input in the normalised batch
+
+
+def _as_inputs(batch, i: int) -> dict:
+    """A batch as keyword inputs: a mapping as it is, else its (first) tensor positionally."""
+    if isinstance(batch, Mapping):
+        out = dict(batch)
+        if not any(isinstance(v, Tensor) for v in out.values()):
+            raise TypeError(f"batch {i} is a mapping without tensors")
+        return out
+    x = batch[0] if isinstance(batch, (tuple, list)) else batch
+    if not isinstance(x, Tensor):
+        raise TypeError(f"batch {i} is a {type(x).__name__}; expected a tensor, a tuple whose"
+                        " first item is one, or a mapping of tensors (e.g. a BatchEncoding)")
+    return {_POSITIONAL: x}
+
+
+def _call(model: nn.Module, inputs: dict):
+    if _POSITIONAL in inputs:
+        return model(inputs[_POSITIONAL])
+    return model(**inputs)
+
+
+def _first_tensor(inputs: dict) -> Tensor:
+    return next(v for v in inputs.values() if isinstance(v, Tensor))
+
+
+def _batch_len(inputs: dict) -> int:
+    return len(_first_tensor(inputs))
+
+
+def _rows(inputs: dict, n: int) -> dict:
+    """The first n samples of every tensor of the batch (other values as they are)."""
+    return {k: v[:n] if isinstance(v, Tensor) and v.dim() else v for k, v in inputs.items()}
+
+
+def _token_count(inputs: dict) -> int:
+    mask = inputs.get("attention_mask")
+    if mask is not None:
+        return int(mask.sum())
+    ids = inputs.get("input_ids", _first_tensor(inputs))
+    return ids.numel() if ids.dim() <= 2 else len(ids)
+
+
+def _within_tokens(inputs: dict, budget: int) -> dict:
+    """The leading sequences whose tokens fit ``budget`` (at least one while budget > 0)."""
+    if budget <= 0:
+        return _rows(inputs, 0)
+    mask = inputs.get("attention_mask")
+    ids = inputs.get("input_ids", _first_tensor(inputs))
+    if mask is not None:
+        per = mask.reshape(len(mask), -1).sum(1)
+    elif ids.dim() <= 2:
+        per = torch.full((len(ids),), ids[0].numel() if len(ids) else 0)
+    else:
+        per = torch.ones(len(ids), dtype=torch.long)
+    fits = int((torch.cumsum(per, 0) <= budget).sum())
+    return _rows(inputs, max(fits, 1))
 
 
 def _reworded(exc: Exception, message: str) -> Exception:

@@ -1,0 +1,123 @@
+"""Which layers UNSC covers, and how each one's weight meets its inputs.
+
+A covered layer computes ``y = W x`` on input vectors x of length d (per conv group), so its
+statistic is over x and its weight gradient's *input side* is projected:
+
+============ ========================== ======================= ==========================
+kind         module                     input vector x          weight layout
+============ ========================== ======================= ==========================
+``linear``   ``nn.Linear``              the last dim (..., d)   (out, d)
+``conv1d``   transformers' ``Conv1D``   the last dim (..., d)   (d, out): projected as Wᵀ
+``conv2d``   ``nn.Conv2d``              a receptive-field patch (out, C/groups, kh, kw)
+============ ========================== ======================= ==========================
+
+GPT-2's attention and MLP layers are ``Conv1D``: recognised by duck typing (class name and
+``nf``/``nx``-shaped weight), so transformers is never imported here. Embeddings are not
+covered (their "inputs" are token ids); a weight shared between modules (an output head tied
+to the embedding) is left out of the default selection and refused by name: one use's basis
+does not protect the other use, so a tied weight stays frozen.
+"""
+from __future__ import annotations
+
+import collections
+import fnmatch
+import math
+from collections.abc import Iterable
+
+from torch import nn
+
+__all__ = ["KINDS", "kind_of", "input_dim", "groups_of", "select_layers", "tied_modules",
+           "unprotected_parameters"]
+
+KINDS = ("linear", "conv1d", "conv2d")
+SUPPORTED_NAMES = "nn.Linear, nn.Conv2d, transformers Conv1D"
+
+
+def _is_hf_conv1d(m: nn.Module) -> bool:
+    w = getattr(m, "weight", None)
+    return (type(m).__name__ == "Conv1D" and isinstance(getattr(m, "nf", None), int)
+            and isinstance(w, nn.Parameter) and w.dim() == 2 and w.shape[1] == m.nf)
+
+
+def kind_of(m: nn.Module) -> str | None:
+    """The layer kind of a module (see the table above), or None if it is not covered."""
+    if isinstance(m, nn.Conv2d):
+        return "conv2d"
+    if isinstance(m, nn.Linear):
+        return "linear"
+    if _is_hf_conv1d(m):
+        return "conv1d"
+    return None
+
+
+def input_dim(m: nn.Module) -> int:
+    """d: the length of one input vector (per group) of a covered layer."""
+    kind = kind_of(m)
+    if kind == "conv2d":
+        return m.in_channels // m.groups * math.prod(m.kernel_size)
+    if kind == "linear":
+        return m.in_features
+    if kind == "conv1d":
+        return m.weight.shape[0]
+    raise TypeError(f"{type(m).__name__} is not a covered layer ({SUPPORTED_NAMES})")
+
+
+def groups_of(m: nn.Module) -> int:
+    """Conv groups of a covered layer (1 unless grouped Conv2d)."""
+    return m.groups if isinstance(m, nn.Conv2d) else 1
+
+
+def tied_modules(model: nn.Module) -> set[str]:
+    """Names of modules whose weight is also a parameter of another module (weight tying)."""
+    owners: dict[int, list[str]] = collections.defaultdict(list)
+    for name, m in model.named_modules():
+        w = getattr(m, "weight", None)
+        if isinstance(w, nn.Parameter):
+            owners[id(w)].append(name)
+    return {n for names in owners.values() if len(names) > 1 for n in names}
+
+
+def select_layers(model: nn.Module, names: Iterable[str] | str | None = None
+                  ) -> dict[str, nn.Module]:
+    """The covered layers of ``model`` by module name.
+
+    ``names``: None for every covered layer whose weight is not tied to another module's;
+    else module names or ``fnmatch`` patterns (``"model.layers.*.mlp.*"``), each of which must
+    match at least one module, and every match must be a covered, untied layer.
+    """
+    modules = dict(model.named_modules())
+    tied = tied_modules(model)
+    if names is None:
+        found = {n: m for n, m in modules.items() if kind_of(m) and n not in tied}
+        if not found:
+            raise ValueError(f"{type(model).__name__} has no supported layer ({SUPPORTED_NAMES})")
+        return found
+    names = [names] if isinstance(names, str) else list(names)
+    if not names:
+        raise ValueError("the list of layers is empty")
+    chosen: dict[str, nn.Module] = {}
+    for pat in names:
+        hits = [pat] if pat in modules else [n for n in modules if fnmatch.fnmatchcase(n, pat)]
+        if not hits:
+            raise KeyError(f"no module named or matching {pat!r} in {type(model).__name__}")
+        if pat not in modules:  # a pattern takes the covered layers it matches
+            hits = [n for n in hits if kind_of(modules[n])]
+            if not hits:
+                raise TypeError(f"pattern {pat!r} matches no supported layer ({SUPPORTED_NAMES})")
+        for n in hits:
+            if not kind_of(modules[n]):
+                raise TypeError(f"module {n!r} is a {type(modules[n]).__name__}, not of a supported"
+                                f" type ({SUPPORTED_NAMES})")
+            if n in tied:
+                raise ValueError(f"layer {n!r} shares its weight with another module (tied"
+                                 " weights): a basis from this use would not protect the other,"
+                                 " so it stays frozen; leave it out")
+            chosen[n] = modules[n]
+    return chosen
+
+
+def unprotected_parameters(model: nn.Module, covered: Iterable[str]) -> list[str]:
+    """Trainable parameters (by name) that no basis covers: the weights and biases of layers
+    outside ``covered`` (biases of covered layers count as covered only with bias bases)."""
+    covered = {f"{n}.weight" for n in covered}
+    return [n for n, p in model.named_parameters() if p.requires_grad and n not in covered]
