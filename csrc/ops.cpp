@@ -1,5 +1,9 @@
-// Schemas of the unsc_fast ops. Implementations: cpu_ops.cpp (CPU), cuda/cuda_ops.cpp (CUDA).
+// The schemas of every unsc_fast op, in one place. Implementations, one file per op per device:
+//   accumulate_       cpu/accumulate.cpp       cuda/accumulate.cu       (+ cuda/accumulate_glue.cpp)
+//   accumulate_conv_  cpu/accumulate_conv.cpp  cuda/accumulate_conv.cu  (+ cuda/accumulate_conv_glue.cpp)
+//   project_grads_    cpu/project_grads.cpp    cuda/project_grads.cu    (+ cuda/project_grads_glue.cpp)
 // Fake (meta) implementations for torch.compile live in Python: unsc_fast/kernels/cpp.py.
+// The build's source list is csrc/sources.txt.
 #include <torch/library.h>
 
 TORCH_LIBRARY(unsc_fast, m) {
@@ -10,9 +14,11 @@ TORCH_LIBRARY(unsc_fast, m) {
   m.def("accumulate_(Tensor(a!) S, Tensor X) -> ()");
   // S (groups, d, d) += PᵀP over the receptive-field patches P of x (N, C, H, W), implicit
   // im2col with symmetric zero padding; patch order (C/groups, kh, kw). Upper triangles only.
+  // output_size (OH, OW) is the caller's (unsc_fast.geometry.ConvGeometry.output_size); the
+  // kernels only guard that it stays inside the padded input.
   m.def(
       "accumulate_conv_(Tensor(a!) S, Tensor x, int[2] kernel, int[2] stride, int[2] padding, "
-      "int[2] dilation, int groups) -> ()");
-  // In place for every layer: G ← G − (G B)Bᵀ if subtract else (G B)Bᵀ.
-  m.def("project_(Tensor(a!)[] grads, Tensor[] bases, bool[] subtract) -> ()");
+      "int[2] dilation, int groups, int[2] output_size) -> ()");
+  // In place for every layer i: G_i ← G_i − (G_i B_i)B_iᵀ if subtract[i] else (G_i B_i)B_iᵀ.
+  m.def("project_grads_(Tensor(a!)[] grads, Tensor[] bases, bool[] subtract) -> ()");
 }

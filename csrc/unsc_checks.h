@@ -43,16 +43,19 @@ struct ConvGeom {
   int64_t N, C, H, W;        // input sizes
   int64_t groups, Cg;        // groups and channels per group
   int64_t kh, kw, sh, sw, ph, pw, dh, dw;
-  int64_t OH, OW;            // output spatial sizes
+  int64_t OH, OW;            // output spatial sizes (given by the caller)
   int64_t d;                 // patch dimension Cg * kh * kw
   int64_t sN, sC, sH, sW;    // element strides of x (any memory format)
   int64_t rows() const { return N * OH * OW; }
 };
 
+// The output size (OH, OW) is the caller's (unsc_fast.geometry.ConvGeometry.output_size, the
+// one home of the formula); it is not recomputed here. It is only guarded, for memory safety:
+// the last window must lie inside the padded input.
 inline ConvGeom check_accumulate_conv(const at::Tensor& S, const at::Tensor& x,
                                       at::IntArrayRef kernel, at::IntArrayRef stride,
                                       at::IntArrayRef padding, at::IntArrayRef dilation,
-                                      int64_t groups) {
+                                      int64_t groups, at::IntArrayRef output_size) {
   const char* op = "unsc_fast::accumulate_conv_: ";
   TORCH_CHECK(S.defined() && x.defined(), op, "S and x must be defined");
   TORCH_CHECK(is_acc_dtype(S.scalar_type()), op, "S must be float32 or float64, got ",
@@ -61,8 +64,8 @@ inline ConvGeom check_accumulate_conv(const at::Tensor& S, const at::Tensor& x,
               "x must be float16, bfloat16, float32 or float64, got ", x.scalar_type());
   TORCH_CHECK(x.dim() == 4, op, "x must be (N, C, H, W), got shape ", x.sizes());
   TORCH_CHECK(kernel.size() == 2 && stride.size() == 2 && padding.size() == 2 &&
-                  dilation.size() == 2,
-              op, "kernel, stride, padding and dilation must each have 2 entries");
+                  dilation.size() == 2 && output_size.size() == 2,
+              op, "kernel, stride, padding, dilation and output_size must each have 2 entries");
   TORCH_CHECK(kernel[0] > 0 && kernel[1] > 0, op, "kernel must be positive, got ", kernel);
   TORCH_CHECK(stride[0] > 0 && stride[1] > 0, op, "stride must be positive, got ", stride);
   TORCH_CHECK(dilation[0] > 0 && dilation[1] > 0, op, "dilation must be positive, got ",
@@ -83,8 +86,13 @@ inline ConvGeom check_accumulate_conv(const at::Tensor& S, const at::Tensor& x,
   const int64_t ext_h = g.H + 2 * g.ph, ext_w = g.W + 2 * g.pw;
   TORCH_CHECK(ext_h >= span_h && ext_w >= span_w, op, "the (padded) input ", ext_h, "x",
               ext_w, " is smaller than the dilated kernel ", span_h, "x", span_w);
-  g.OH = (ext_h - span_h) / g.sh + 1;
-  g.OW = (ext_w - span_w) / g.sw + 1;
+  g.OH = output_size[0];
+  g.OW = output_size[1];
+  TORCH_CHECK(g.OH > 0 && g.OW > 0, op, "output_size must be positive, got ", output_size);
+  // Safety guard only (not the output-size formula): no window may read past the padded input.
+  TORCH_CHECK((g.OH - 1) * g.sh + span_h <= ext_h && (g.OW - 1) * g.sw + span_w <= ext_w, op,
+              "output_size ", output_size, " reads past the padded input ", ext_h, "x", ext_w,
+              " with this kernel, stride and dilation");
   TORCH_CHECK(S.dim() == 3 && S.size(0) == groups && S.size(1) == g.d && S.size(2) == g.d, op,
               "S must be (groups, d, d) = (", groups, ", ", g.d, ", ", g.d,
               ") for this input and geometry, got shape ", S.sizes());
@@ -94,10 +102,10 @@ inline ConvGeom check_accumulate_conv(const at::Tensor& S, const at::Tensor& x,
   return g;
 }
 
-// project_(grads, bases, subtract): per layer G (rows, d) strided, B (d, m), same dtype.
-inline void check_project(at::TensorList grads, at::TensorList bases,
+// project_grads_(grads, bases, subtract): per layer G (rows, d) strided, B (d, m), same dtype.
+inline void check_project_grads(at::TensorList grads, at::TensorList bases,
                           const c10::List<bool>& subtract) {
-  const char* op = "unsc_fast::project_: ";
+  const char* op = "unsc_fast::project_grads_: ";
   TORCH_CHECK(grads.size() == bases.size() && grads.size() == subtract.size(), op,
               "grads, bases and subtract differ in length: ", grads.size(), ", ",
               bases.size(), ", ", subtract.size());

@@ -1,8 +1,8 @@
 """Build checks that need no GPU.
 
-* The CUDA kernel sources (csrc/cuda/*.cu) are torch-free and compile for sm_80 and sm_90
-  with nvcc alone; the ATen glue (csrc/cuda/cuda_ops.cpp) is compiled by setup.py on a CUDA
-  torch. Skipped when nvcc is not on PATH.
+* The CUDA kernel sources (csrc/cuda/<op>.cu, one per op) are torch-free and compile for sm_80
+  and sm_90 with nvcc alone; the ATen glue (csrc/cuda/<op>_glue.cpp) is compiled by setup.py
+  on a CUDA torch. Skipped when nvcc is not on PATH.
 * CMakeLists.txt configures and builds the CPU ops library against libtorch, and the library
   registers working ops when loaded (marked slow, about 30 s; skipped without cmake).
 """

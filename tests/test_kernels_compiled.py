@@ -330,10 +330,11 @@ def test_opcheck_accumulate(device):
 def test_opcheck_accumulate_conv(device):
     x = rand(2, 4, 5, 5, device=device, gen=_gen(2))
     S = torch.zeros(2, 18, 18, device=device)
-    torch.library.opcheck(OPS.accumulate_conv_.default, (S, x, [3, 3], [1, 2], [1, 1], [1, 1], 2))
+    torch.library.opcheck(OPS.accumulate_conv_.default, (S, x, [3, 3], [1, 2], [1, 1], [1, 1], 2,
+                                                             [5, 3]))
     torch.library.opcheck(OPS.accumulate_conv_.default,
                           (S, x.contiguous(memory_format=torch.channels_last), [3, 3], [1, 1],
-                           [1, 1], [1, 1], 2))
+                           [1, 1], [1, 1], 2, [5, 5]))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -342,7 +343,7 @@ def test_opcheck_project(device):
     grads = [rand(4, 6, device=device, gen=g), rand(3, 5, device=device, gen=g)]
     bases = [orthonormal(6, 2, dtype=torch.float32, device=device, gen=g),
              orthonormal(5, 5, dtype=torch.float32, device=device, gen=g)]
-    torch.library.opcheck(OPS.project_.default, (grads, bases, [True, False]))
+    torch.library.opcheck(OPS.project_grads_.default, (grads, bases, [True, False]))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -351,7 +352,7 @@ def test_torch_compile_fullgraph(device):
     aot_eager on the CPU, Inductor on CUDA."""
     def step(S, X, G, B):
         OPS.accumulate_(S, X)
-        OPS.project_([G], [B], [True])
+        OPS.project_grads_([G], [B], [True])
         return S.sum() + G.sum()
 
     g = _gen(4)
@@ -402,16 +403,18 @@ def test_accumulate_conv_bad_inputs_raise_before_writing(device):
     S = _random_sym(36, torch.float32, device, groups=1)
     S2 = _random_sym(18, torch.float32, device, groups=2)
     cases = [
-        (lambda: OPS.accumulate_conv_(S, x, [3, 3], [1, 1], [1, 1], [1, 1], 3), "groups"),
-        (lambda: OPS.accumulate_conv_(S, x, [3, 3], [1, 1], [1, 1], [1, 1], 2), r"must be \(groups"),
-        (lambda: OPS.accumulate_conv_(S2, x, [3, 3], [0, 1], [1, 1], [1, 1], 2), "stride"),
-        (lambda: OPS.accumulate_conv_(S2, x, [3, 3], [1, 1], [-1, 1], [1, 1], 2), "padding"),
-        (lambda: OPS.accumulate_conv_(S2, x, [3, 3], [1, 1], [1, 1], [0, 1], 2), "dilation"),
-        (lambda: OPS.accumulate_conv_(S2, x, [3, 3], [1, 1], [0, 0], [3, 3], 2), "smaller than"),
-        (lambda: OPS.accumulate_conv_(S2, x[0], [3, 3], [1, 1], [1, 1], [1, 1], 2), "N, C, H, W"),
-        (lambda: OPS.accumulate_conv_(S2, x.to(torch.int64), [3, 3], [1, 1], [1, 1], [1, 1], 2),
+        (lambda: OPS.accumulate_conv_(S, x, [3, 3], [1, 1], [1, 1], [1, 1], 3, [5, 5]), "groups"),
+        (lambda: OPS.accumulate_conv_(S, x, [3, 3], [1, 1], [1, 1], [1, 1], 2, [5, 5]), r"must be \(groups"),
+        (lambda: OPS.accumulate_conv_(S2, x, [3, 3], [0, 1], [1, 1], [1, 1], 2, [5, 5]), "stride"),
+        (lambda: OPS.accumulate_conv_(S2, x, [3, 3], [1, 1], [-1, 1], [1, 1], 2, [5, 5]), "padding"),
+        (lambda: OPS.accumulate_conv_(S2, x, [3, 3], [1, 1], [1, 1], [0, 1], 2, [5, 5]), "dilation"),
+        (lambda: OPS.accumulate_conv_(S2, x, [3, 3], [1, 1], [0, 0], [3, 3], 2, [-1, -1]), "smaller than"),
+        (lambda: OPS.accumulate_conv_(S2, x[0], [3, 3], [1, 1], [1, 1], [1, 1], 2, [5, 5]), "N, C, H, W"),
+        (lambda: OPS.accumulate_conv_(S2, x.to(torch.int64), [3, 3], [1, 1], [1, 1], [1, 1], 2,
+                                     [5, 5]),
          "x must be float16"),
-        (lambda: OPS.accumulate_conv_(S2.to(torch.bfloat16), x, [3, 3], [1, 1], [1, 1], [1, 1], 2),
+        (lambda: OPS.accumulate_conv_(S2.to(torch.bfloat16), x, [3, 3], [1, 1], [1, 1], [1, 1], 2,
+                                     [5, 5]),
          "S must be float32"),
     ]
     for fn, match in cases:
@@ -426,14 +429,14 @@ def test_project_bad_inputs_raise_before_writing(device):
     B2 = orthonormal(5, 2, dtype=torch.float32, device=device, gen=g)
     empty1 = torch.empty(6, 0, device=device)  # m = 0 onto span{}: would zero G1 if written
     cases = [
-        (lambda: OPS.project_([G1, G2], [B1], [True, True]), "differ in length"),
-        (lambda: OPS.project_([G1, G2], [empty1, B2.double()], [False, True]), "convert the bases"),
-        (lambda: OPS.project_([G1, G2], [empty1, orthonormal(4, 2, dtype=torch.float32,
+        (lambda: OPS.project_grads_([G1, G2], [B1], [True, True]), "differ in length"),
+        (lambda: OPS.project_grads_([G1, G2], [empty1, B2.double()], [False, True]), "convert the bases"),
+        (lambda: OPS.project_grads_([G1, G2], [empty1, orthonormal(4, 2, dtype=torch.float32,
                                                              device=device)],
                               [False, True]), "must be \\(rows, d\\)"),
-        (lambda: OPS.project_([G1, G2.to(torch.int32)], [empty1, B2.to(torch.int32)],
+        (lambda: OPS.project_grads_([G1, G2.to(torch.int32)], [empty1, B2.to(torch.int32)],
                               [False, True]), "unsupported dtype"),
-        (lambda: OPS.project_([G1, rand(1, 5, device=device).expand(3, 5)], [empty1, B2],
+        (lambda: OPS.project_grads_([G1, rand(1, 5, device=device).expand(3, 5)], [empty1, B2],
                               [False, True]), "overlapping"),
     ]
     for fn, match in cases:
@@ -449,5 +452,5 @@ def test_mixed_devices_raise_before_writing(device):
     G1, G2 = rand(4, 6, device=device), rand(3, 5, device=device)
     empty1 = torch.empty(6, 0, device=device)
     B2 = orthonormal(5, 2, dtype=torch.float32, device=device)
-    _raises_and_unchanged(lambda: OPS.project_([G1, G2], [empty1, B2.cpu()], [False, True]),
+    _raises_and_unchanged(lambda: OPS.project_grads_([G1, G2], [empty1, B2.cpu()], [False, True]),
                           [G1, G2], "one device")

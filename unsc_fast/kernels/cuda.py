@@ -10,11 +10,11 @@ from __future__ import annotations
 import torch
 
 from ..dispatch import register
-from . import cpp as _cpp
+from . import cpp
 
-__all__ = ["accumulate", "accumulate_conv", "project"]
+__all__ = ["accumulate", "accumulate_conv", "project_grads"]
 
-if not _cpp.WITH_CUDA or not torch._C._dispatch_has_kernel_for_dispatch_key(
+if not cpp.WITH_CUDA or not torch._C._dispatch_has_kernel_for_dispatch_key(
         "unsc_fast::accumulate_", "CUDA"):
     raise ImportError(
         "unsc_fast._C has no CUDA kernels: it was built with a CPU-only torch, with"
@@ -23,7 +23,7 @@ if not _cpp.WITH_CUDA or not torch._C._dispatch_has_kernel_for_dispatch_key(
 
 # The torch ops dispatch on the tensors' device, so the cpp wrappers serve CUDA tensors too:
 # only the registration differs.
-accumulate = register("accumulate", "cuda", devices=("cuda",))(_cpp.accumulate)
+accumulate = register("accumulate", "cuda", devices=("cuda",))(cpp.accumulate)
 accumulate_conv = register("accumulate_conv", "cuda", devices=("cuda",),
-                           supports=_cpp._conv_supported)(_cpp.accumulate_conv)
-project = register("project_grads", "cuda", devices=("cuda",))(_cpp.project)
+                           supports=cpp.conv_supported)(cpp.accumulate_conv)
+project_grads = register("project_grads", "cuda", devices=("cuda",))(cpp.project_grads)

@@ -1,4 +1,4 @@
-// Grouped projection of many layers on CUDA, torch-free:
+// project_grads_ on CUDA, torch-free: the grouped projection of many layers in one call,
 //   pass 1: T = G B              (every layer's (rows x m) tiles in one launch)
 //   pass 2: G = G - T Bᵀ or T Bᵀ (every layer's (rows x d) tiles in one launch)
 // Stream order puts all of pass 1 before pass 2, so pass 2 may overwrite G freely: each
@@ -13,7 +13,7 @@ namespace {
 constexpr int kMaxLayers = 24;  // 24 * 104 bytes of layer descriptors per launch
 
 struct Batch {
-  UnscProjectLayer layer[kMaxLayers];
+  UnscProjectGradsLayer layer[kMaxLayers];
   int64_t first_tile[kMaxLayers + 1];  // prefix sums of the layers' tile counts
   int n;
 };
@@ -59,10 +59,10 @@ struct TLoader {
 };
 
 template <typename T, typename acc_t>
-__global__ void __launch_bounds__(kThreads) project_pass1(const __grid_constant__ Batch b) {
+__global__ void __launch_bounds__(kThreads) project_grads_pass1(const __grid_constant__ Batch b) {
   const int64_t tile = blockIdx.x;
   const int l = find_layer(b, tile);
-  const UnscProjectLayer L = b.layer[l];
+  const UnscProjectGradsLayer L = b.layer[l];
   const int64_t local = tile - b.first_tile[l];
   const int64_t tn = ceil_div(L.m, kTileMN);
   const int64_t i0 = (local / tn) * kTileMN, j0 = (local % tn) * kTileMN;
@@ -88,10 +88,10 @@ __global__ void __launch_bounds__(kThreads) project_pass1(const __grid_constant_
 }
 
 template <typename T, typename acc_t>
-__global__ void __launch_bounds__(kThreads) project_pass2(const __grid_constant__ Batch b) {
+__global__ void __launch_bounds__(kThreads) project_grads_pass2(const __grid_constant__ Batch b) {
   const int64_t tile = blockIdx.x;
   const int l = find_layer(b, tile);
-  const UnscProjectLayer L = b.layer[l];
+  const UnscProjectGradsLayer L = b.layer[l];
   const int64_t local = tile - b.first_tile[l];
   const int64_t tn = ceil_div(L.d, kTileMN);
   const int64_t i0 = (local / tn) * kTileMN, j0 = (local % tn) * kTileMN;
@@ -120,7 +120,7 @@ __global__ void __launch_bounds__(kThreads) project_pass2(const __grid_constant_
 }
 
 template <typename T, typename acc_t>
-cudaError_t launch_batch(const UnscProjectLayer* layers, int n, cudaStream_t stream) {
+cudaError_t launch_batch(const UnscProjectGradsLayer* layers, int n, cudaStream_t stream) {
   Batch b1{}, b2{};
   b1.n = b2.n = n;
   b1.first_tile[0] = b2.first_tile[0] = 0;
@@ -132,18 +132,18 @@ cudaError_t launch_batch(const UnscProjectLayer* layers, int n, cudaStream_t str
   }
   const dim3 block(16, 16);
   if (b1.first_tile[n] > 0) {
-    project_pass1<T, acc_t><<<static_cast<unsigned>(b1.first_tile[n]), block, 0, stream>>>(b1);
+    project_grads_pass1<T, acc_t><<<static_cast<unsigned>(b1.first_tile[n]), block, 0, stream>>>(b1);
     const cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return e;
   }
   if (b2.first_tile[n] > 0) {
-    project_pass2<T, acc_t><<<static_cast<unsigned>(b2.first_tile[n]), block, 0, stream>>>(b2);
+    project_grads_pass2<T, acc_t><<<static_cast<unsigned>(b2.first_tile[n]), block, 0, stream>>>(b2);
   }
   return cudaGetLastError();
 }
 
 template <typename T, typename acc_t>
-cudaError_t launch_all(const UnscProjectLayer* layers, int n_layers, cudaStream_t stream) {
+cudaError_t launch_all(const UnscProjectGradsLayer* layers, int n_layers, cudaStream_t stream) {
   for (int start = 0; start < n_layers; start += kMaxLayers) {
     const int n = n_layers - start < kMaxLayers ? n_layers - start : kMaxLayers;
     const cudaError_t e = launch_batch<T, acc_t>(layers + start, n, stream);
@@ -155,8 +155,8 @@ cudaError_t launch_all(const UnscProjectLayer* layers, int n_layers, cudaStream_
 }  // namespace
 }  // namespace unsc_cuda
 
-extern "C" cudaError_t unsc_cuda_project(const UnscProjectLayer* layers, int n_layers, int dtype,
-                                         cudaStream_t stream) {
+extern "C" cudaError_t unsc_cuda_project_grads(const UnscProjectGradsLayer* layers,
+                                               int n_layers, int dtype, cudaStream_t stream) {
   using namespace unsc_cuda;
   if (n_layers <= 0) return cudaSuccess;
   for (int l = 0; l < n_layers; ++l) {
