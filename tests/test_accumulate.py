@@ -224,7 +224,7 @@ def test_gpu_tilings_in_interpreter(backend, major, monkeypatch):
 
 @pytest.mark.parametrize("backend", params("triton"), indirect=True)
 def test_triton_registration(backend):
-    from unsc_fast.kernels import triton as tb
+    from unsc_fast.kernels.triton import backend as tb
     assert dispatch._registry[("accumulate", "triton")].devices == tb.DEVICES
     assert tb.DEVICES == (("cuda", "cpu") if backend.interpreted else ("cuda",))
     assert hasattr(torch.ops.unsc_fast_triton, "accumulate_")

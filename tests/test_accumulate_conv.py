@@ -231,7 +231,7 @@ def test_output_size_comes_from_the_geometry(backend, monkeypatch):
 
 @pytest.mark.parametrize("backend", params("triton"), indirect=True)
 def test_triton_registration(backend):
-    from unsc_fast.kernels import triton as tb
+    from unsc_fast.kernels.triton import backend as tb
     assert dispatch._registry[("accumulate_conv", "triton")].devices == tb.DEVICES
     assert hasattr(torch.ops.unsc_fast_triton, "accumulate_conv_")
     assert not hasattr(torch.ops.unsc_fast_triton, "syrk_conv_")  # one name per op

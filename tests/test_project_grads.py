@@ -303,7 +303,7 @@ def test_gpu_tilings_in_interpreter(backend, major):
 
 @pytest.mark.parametrize("backend", params("triton"), indirect=True)
 def test_triton_registration(backend):
-    from unsc_fast.kernels import triton as tb
+    from unsc_fast.kernels.triton import backend as tb
     assert dispatch._registry[("project_grads", "triton")].devices == tb.DEVICES
     assert hasattr(torch.ops.unsc_fast_triton, "project_grads_")
     assert not hasattr(torch.ops.unsc_fast_triton, "project_")  # one name per op
