@@ -8,8 +8,9 @@
 #   1. build the extension for this GPU's architecture: pip install --no-build-isolation
 #      --no-deps -e . ; if that fails, setup.py build_ext --inplace; if that fails, the JIT
 #      build (UNSC_FAST_JIT=1) on first use;
-#   2. the CUDA/Triton kernel tests (the CUDA cases of tests/test_kernels_compiled.py, all of
-#      tests/test_kernels_triton*.py and the dispatch tests, -m "not slow", at most 25 failures);
+#   2. the CUDA/Triton kernel tests (the cuda and triton cases of tests/test_accumulate.py,
+#      tests/test_accumulate_conv.py, tests/test_project_grads.py, and the dispatch tests,
+#      -m "not slow", at most 25 failures);
 #   3. python -m benchmarks.run --device cuda --quick, with a time budget, and
 #      python -m benchmarks.step --device cuda (into the log);
 #   4. python -m benchmarks.tune --device cuda into $OUT (never into the package).
@@ -72,12 +73,12 @@ fi
 run 240 "$PY" -c "import unsc_fast.dispatch as d; [print(k, ':', v) for k, v in d.availability().items()]"
 
 # 2. the CUDA and Triton kernel tests (all of tests/ if those files are missing; up to 25
-#    failures, so a first run on a new GPU shows the whole picture): -k keeps
-#    the CUDA cases of test_kernels_compiled.py (their ids start with "cuda") and every test of
-#    the other files
-TESTS=$(ls tests/test_kernels_compiled.py tests/test_kernels_triton*.py 2>/dev/null | tr '\n' ' ')
+#    failures, so a first run on a new GPU shows the whole picture): -k keeps the cases whose
+#    backend id is cuda or triton in the per-op files, and every test of test_dispatch.py
+TESTS=$(ls tests/test_accumulate.py tests/test_accumulate_conv.py tests/test_project_grads.py \
+        2>/dev/null | tr '\n' ' ')
 run 150 "$PY" -m pytest ${TESTS:-tests} tests/test_dispatch.py -m "not slow" --maxfail=25 -q \
-    -k "cuda or not test_kernels_compiled" -p no:cacheprovider
+    -k "cuda or triton or test_dispatch" -p no:cacheprovider
 
 # 3. the benchmark suite: op cases stop starting after BUDGET s, leaving time for the
 #    end-to-end part, the report, the one-step benchmark and tune

@@ -151,6 +151,30 @@ def layer(key: str):
     return LAYERS[key]
 
 
+# ---- correctness shapes (shared with tests/) -------------------------------------------------
+# The small shapes every backend is checked on against the float64 reference: tests/cases.py
+# re-exports them for the per-op tests. Tiny, odd,
+# tall, wide and square shapes; ranks 0, 1, d-1 and d.
+
+# (n, d) for S += XᵀX
+DENSE_SHAPES = [(1, 1), (7, 3), (5, 17), (64, 33), (200, 64), (3, 130), (129, 31)]
+
+# (N, C, H, W, ConvGeometry keyword arguments)
+CONV_SHAPES = [
+    (2, 3, 5, 5, dict(kernel_size=(3, 3))),
+    (2, 3, 7, 6, dict(kernel_size=(3, 3), stride=(2, 2), pad=(1, 1, 1, 1))),
+    (1, 4, 9, 9, dict(kernel_size=(3, 2), stride=(1, 2), pad=(0, 0, 2, 2), dilation=(2, 1))),
+    (3, 4, 6, 6, dict(kernel_size=(3, 3), pad=(1, 1, 1, 1), groups=2)),
+    (2, 6, 5, 7, dict(kernel_size=(3, 3), pad=(1, 1, 1, 1), groups=6)),  # depthwise
+    (2, 5, 4, 4, dict(kernel_size=(1, 1))),
+    (1, 2, 8, 8, dict(kernel_size=(5, 5), stride=(3, 3), pad=(2, 2, 2, 2))),
+]
+
+# (rows, d, m) for G ← G − (G B)Bᵀ; m covers ranks 0, 1, d-1 and d
+PROJECT_SHAPES = [(1, 1, 0), (1, 1, 1), (5, 3, 1), (7, 9, 8), (16, 33, 0), (16, 33, 33),
+                  (33, 17, 5), (64, 40, 39), (3, 70, 12)]
+
+
 # ---- cases ----------------------------------------------------------------------------------
 
 

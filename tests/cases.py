@@ -1,4 +1,7 @@
-"""Shapes, inputs and tolerances shared by the tests of every backend.
+"""Shapes and inputs shared by the tests of every backend.
+
+The shapes live in benchmarks/shapes.py (one home of shapes for tests and
+benchmarks); the tolerance table is in tests/kernel_helpers.py.
 
 Every backend is checked on the same cases against the float64 reference, so a newcomer reads
 the coverage in one place: tiny, odd, tall, wide and square shapes; ranks 0, 1, d-1 and d;
@@ -10,30 +13,12 @@ import torch
 
 from unsc_fast.geometry import ConvGeometry
 
-# (n, d) for S += XᵀX
-DENSE_SHAPES = [(1, 1), (7, 3), (5, 17), (64, 33), (200, 64), (3, 130), (129, 31)]
+from benchmarks.shapes import CONV_SHAPES, DENSE_SHAPES, PROJECT_SHAPES  # noqa: E402
 
 # (N, C, H, W, geometry)
-CONV_CASES = [
-    (2, 3, 5, 5, ConvGeometry((3, 3))),
-    (2, 3, 7, 6, ConvGeometry((3, 3), stride=(2, 2), pad=(1, 1, 1, 1))),
-    (1, 4, 9, 9, ConvGeometry((3, 2), stride=(1, 2), pad=(0, 0, 2, 2), dilation=(2, 1))),
-    (3, 4, 6, 6, ConvGeometry((3, 3), pad=(1, 1, 1, 1), groups=2)),
-    (2, 6, 5, 7, ConvGeometry((3, 3), pad=(1, 1, 1, 1), groups=6)),  # depthwise
-    (2, 5, 4, 4, ConvGeometry((1, 1))),
-    (1, 2, 8, 8, ConvGeometry((5, 5), stride=(3, 3), pad=(2, 2, 2, 2))),
-]
-
-# (rows, d, m) for G ← G − (G B)Bᵀ; m covers ranks 0, 1, d-1 and d
-PROJECT_SHAPES = [(1, 1, 0), (1, 1, 1), (5, 3, 1), (7, 9, 8), (16, 33, 0), (16, 33, 33),
-                  (33, 17, 5), (64, 40, 39), (3, 70, 12)]
+CONV_CASES = [(N, C, H, W, ConvGeometry(**g)) for N, C, H, W, g in CONV_SHAPES]
 
 IN_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
-
-# Relative Frobenius error against the float64 reference on the same (rounded) inputs.
-REL_TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-5, torch.bfloat16: 1e-5}
-# Looser where the backend may use tensor-core/TF32 products on fp32 inputs.
-REL_TOL_TF32 = 5e-3
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:

@@ -36,7 +36,7 @@ _MODULES = {
     "reference": "unsc_fast.reference",
     "cpp": "unsc_fast.kernels.cpp",
     "cuda": "unsc_fast.kernels.cuda",
-    "triton": "unsc_fast.kernels.triton",
+    "triton": "unsc_fast.kernels.triton.backend",
 }
 # Without a measured table entry: the compiled backend first, the reference last. On CUDA the
 # reference (cuBLAS) until a GPU run of benchmarks/gpu.sh has checked and timed the CUDA and

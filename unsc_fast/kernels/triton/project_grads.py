@@ -1,4 +1,4 @@
-"""Triton grouped projection: ``G_i ← G_i − (G_i B_i)B_iᵀ`` (or ``(G_i B_i)B_iᵀ``) for many layers.
+"""Triton kernel of ``project_grads_``: ``G_i ← G_i − (G_i B_i)B_iᵀ`` (or ``(G_i B_i)B_iᵀ``) for many layers.
 
 One persistent launch per gradient dtype covers every layer (two when some ranks fit on chip
 and others do not: each path is its own compiled kernel, which keeps register pressure down):
@@ -20,7 +20,7 @@ sums; pass 2 feeds T rounded to G's dtype for fp16/bf16 (an error of the order o
 rounding), fp32 T for fp32 (TF32 only when torch's fp32 matmul precision allows it), fp64 for
 fp64. Layers with m = 0 are skipped (subtract) or zeroed (null mode) on the host.
 
-The op is a :func:`torch.library.custom_op`, opaque to ``torch.compile``: a table of raw
+The op (``torch.ops.unsc_fast_triton.project_grads_``) is a :func:`torch.library.custom_op`, opaque to ``torch.compile``: a table of raw
 pointers cannot be built from the fake tensors compile traces with, so the op is not a
 ``triton_op``; compile still keeps it in the graph (no graph break).
 """
@@ -34,9 +34,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .triton_accumulate import (
-    AUTOTUNE, INTERPRET, KEEP, TO_FP32, TO_FP64, _convert, allow_tf32, dot_precision,
-)
+from . import common
+from .common import INTERPRET, allow_tf32, compute_mode, convert, dot_precision
 
 NF = 12  # int64 fields per layer in the table
 (F_G, F_B, F_ROWS, F_D, F_M, F_SGR, F_SGC, F_SBR, F_SBC, F_SUB, F_WS, _F_PAD) = range(NF)
@@ -91,7 +90,7 @@ def _onchip_tile(G, B, offs_m, mask_m, sgr, sgc, sbr, sbc, d, m, sub,
                     mask=mask_m[:, None] & mask_d[None, :], other=0.0)
         b = tl.load(B + offs_d.to(tl.int64)[:, None] * sbr + b_col[None, :],
                     mask=mask_d[:, None] & mask_r[None, :], other=0.0)
-        t = tl.dot(_convert(g, COMPUTE), _convert(b, COMPUTE), t,
+        t = tl.dot(convert(g, COMPUTE), convert(b, COMPUTE), t,
                    input_precision=DOT_PRECISION, out_dtype=ACC)
     if COMPUTE == 0:
         t_in = t.to(G.dtype.element_ty)  # fp16/bf16 tensor cores for T Bᵀ
@@ -102,7 +101,7 @@ def _onchip_tile(G, B, offs_m, mask_m, sgr, sgc, sbr, sbc, d, m, sub,
         mask_d = offs_d < d
         bt = tl.load(B + b_col[:, None] + offs_d.to(tl.int64)[None, :] * sbr,
                      mask=mask_r[:, None] & mask_d[None, :], other=0.0)
-        u = tl.dot(t_in, _convert(bt, COMPUTE), input_precision=DOT_PRECISION, out_dtype=ACC)
+        u = tl.dot(t_in, convert(bt, COMPUTE), input_precision=DOT_PRECISION, out_dtype=ACC)
         ptrs = G + g_row[:, None] + offs_d.to(tl.int64)[None, :] * sgc
         mask = mask_m[:, None] & mask_d[None, :]
         g = tl.load(ptrs, mask=mask, other=0.0).to(ACC)
@@ -128,7 +127,7 @@ def _workspace_tile(G, B, WS, offs_m, mask_m, sgr, sgc, sbr, sbc, d, m, sub,
                         mask=mask_m[:, None] & mask_d[None, :], other=0.0)
             b = tl.load(B + offs_d.to(tl.int64)[:, None] * sbr + b_col[None, :],
                         mask=mask_d[:, None] & mask_r[None, :], other=0.0)
-            t = tl.dot(_convert(g, COMPUTE), _convert(b, COMPUTE), t,
+            t = tl.dot(convert(g, COMPUTE), convert(b, COMPUTE), t,
                        input_precision=DOT_PRECISION, out_dtype=ACC)
         tl.store(WS + ws_row[:, None] + offs_r[None, :], t,
                  mask=mask_m[:, None] & mask_r[None, :])
@@ -147,7 +146,7 @@ def _workspace_tile(G, B, WS, offs_m, mask_m, sgr, sgc, sbr, sbc, d, m, sub,
             bt = tl.load(B + offs_r.to(tl.int64)[:, None] * sbc
                          + offs_d.to(tl.int64)[None, :] * sbr,
                          mask=mask_r[:, None] & mask_d[None, :], other=0.0)
-            u = tl.dot(t, _convert(bt, COMPUTE), u, input_precision=DOT_PRECISION,
+            u = tl.dot(t, convert(bt, COMPUTE), u, input_precision=DOT_PRECISION,
                        out_dtype=ACC)
         ptrs = G + g_row[:, None] + offs_d.to(tl.int64)[None, :] * sgc
         mask = mask_m[:, None] & mask_d[None, :]
@@ -157,7 +156,7 @@ def _workspace_tile(G, B, WS, offs_m, mask_m, sgr, sgc, sbr, sbc, d, m, sub,
 
 
 @triton.jit
-def project_kernel(tab_ptr, work_ptr, n_work, ws_ptr, witness_ptr,
+def project_grads_kernel(tab_ptr, work_ptr, n_work, ws_ptr, witness_ptr,
                    NF: tl.constexpr, COMPUTE: tl.constexpr, DOT_PRECISION: tl.constexpr,
                    WORKSPACE: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr):
@@ -192,17 +191,14 @@ def project_kernel(tab_ptr, work_ptr, n_work, ws_ptr, witness_ptr,
                          ACC, COMPUTE, DOT_PRECISION, BLOCK_M, BLOCK_D, BLOCK_R)
 
 
-def _compute_mode(dtype: torch.dtype) -> int:
-    if dtype == torch.float64:
-        return TO_FP64
-    if dtype == torch.float32 or (dtype == torch.bfloat16 and INTERPRET):
-        return TO_FP32  # (bf16 tl.dot is broken in Triton's interpreter)
-    return KEEP
+def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
+    """T and the workspace are fp64 for fp64 gradients, else fp32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 _TABLES: OrderedDict = OrderedDict()  # host description -> device table, most recent last
 _TABLE_CACHE_SIZE = 32
-_TUNED: dict = {}
+TUNED: dict = {}  # (device, dtype, tf32, shape buckets) -> the measured best config
 
 
 def _device_table(values: tuple, device: torch.device) -> Tensor:
@@ -259,15 +255,15 @@ def _launch_one(grads, bases, subtract, cfg: ProjectConfig, tf32: bool, workspac
     device = G0.device
     values, n_layers, n_work, ws_total = _plan(grads, bases, subtract, cfg)
     tab = _device_table(values, device)
-    acc = torch.float64 if G0.dtype == torch.float64 else torch.float32
+    acc = accumulator_dtype(G0.dtype)
     ws = torch.empty(max(ws_total, 1), dtype=acc, device=device)
     if device.type == "cuda":
         programs = 2 * torch.cuda.get_device_properties(device).multi_processor_count
     else:
         programs = 3  # interpreter: a few programs, so each walks several items
     grid = (max(1, min(n_work, programs)),)
-    compute = _compute_mode(G0.dtype)
-    project_kernel[grid](
+    compute = compute_mode(acc, G0.dtype)
+    project_grads_kernel[grid](
         tab, tab[n_layers * NF:], n_work, ws, G0,
         NF=NF, COMPUTE=compute, DOT_PRECISION=dot_precision(compute, tf32),
         WORKSPACE=workspace, BLOCK_M=cfg.BLOCK_M, BLOCK_D=cfg.BLOCK_D, BLOCK_R=cfg.BLOCK_R,
@@ -278,7 +274,7 @@ def _bucket(x: int) -> int:
     return triton.next_power_of_2(max(int(x), 1))
 
 
-def _pick_config(grads, bases, subtract, tf32: bool, bench=None) -> ProjectConfig:
+def pick_config(grads, bases, subtract, tf32: bool, bench=None) -> ProjectConfig:
     """The tiling for this group: measured once per (device, dtype, shape buckets) on CUDA.
 
     Each candidate runs on clones of the gradients (the op is in place), timed with
@@ -290,13 +286,13 @@ def _pick_config(grads, bases, subtract, tf32: bool, bench=None) -> ProjectConfi
     if not INTERPRET and G0.device.type == "cuda":
         major = torch.cuda.get_device_capability(G0.device)[0]
     cands = candidates_for(G0.dtype, major)
-    if len(cands) == 1 or not AUTOTUNE:
+    if len(cands) == 1 or not common.AUTOTUNE:
         return cands[0]
     max_m = max(B.shape[1] for B in bases)
     key = (G0.device, G0.dtype, tf32, _bucket(max_m), _bucket(max(G.shape[1] for G in grads)),
            _bucket(sum(G.shape[0] for G in grads)))
-    if key in _TUNED:
-        return _TUNED[key]
+    if key in TUNED:
+        return TUNED[key]
     if bench is None:
         def bench(fn):
             return triton.testing.do_bench(fn, warmup=5, rep=25)
@@ -309,11 +305,11 @@ def _pick_config(grads, bases, subtract, tf32: bool, bench=None) -> ProjectConfi
             continue
         if t < best_t:
             best, best_t = cfg, t
-    _TUNED[key] = best
+    TUNED[key] = best
     return best
 
 
-def project_grouped(grads: list[Tensor], bases: list[Tensor], subtract: list[bool],
+def run_grouped(grads: list[Tensor], bases: list[Tensor], subtract: list[bool],
                     config: ProjectConfig | None = None, tf32: bool | None = None) -> None:
     """In place, for every i: ``G_i ← G_i − (G_i B_i)B_iᵀ`` or ``(G_i B_i)B_iᵀ``.
 
@@ -325,7 +321,7 @@ def project_grouped(grads: list[Tensor], bases: list[Tensor], subtract: list[boo
     groups: dict[torch.dtype, list[tuple[Tensor, Tensor, bool]]] = {}
     for G, B, sub in zip(grads, bases, subtract):
         if G.dtype != B.dtype or G.dim() != 2 or B.dim() != 2 or B.shape[0] != G.shape[1]:
-            raise TypeError(f"project_: G {G.dtype} {tuple(G.shape)} and B {B.dtype}"
+            raise TypeError(f"project_grads_: G {G.dtype} {tuple(G.shape)} and B {B.dtype}"
                             f" {tuple(B.shape)} must be (rows, d) and (d, m) of one dtype")
         rows, d = G.shape
         if rows == 0 or d == 0:
@@ -337,16 +333,16 @@ def project_grouped(grads: list[Tensor], bases: list[Tensor], subtract: list[boo
         groups.setdefault(G.dtype, []).append((G, B, bool(sub)))
     for items in groups.values():
         gs, bs, ss = (list(t) for t in zip(*items))
-        cfg = config or _pick_config(gs, bs, ss, tf32)
+        cfg = config or pick_config(gs, bs, ss, tf32)
         _launch(gs, bs, ss, cfg, tf32)
 
 
-@torch.library.custom_op("unsc_fast_triton::project_", mutates_args={"grads"})
-def project_(grads: list[Tensor], bases: list[Tensor], subtract: list[bool]) -> None:
-    """The grouped projection as a torch op (see :func:`project_grouped`)."""
-    project_grouped(grads, bases, subtract)
+@torch.library.custom_op("unsc_fast_triton::project_grads_", mutates_args={"grads"})
+def project_grads_(grads: list[Tensor], bases: list[Tensor], subtract: list[bool]) -> None:
+    """The grouped projection as a torch op (see :func:`run_grouped`)."""
+    run_grouped(grads, bases, subtract)
 
 
-@project_.register_fake
+@project_grads_.register_fake
 def _(grads, bases, subtract) -> None:
     return None

@@ -1,13 +1,14 @@
-"""The Triton backend: the three ops of :mod:`unsc_fast.ops` as Triton kernels.
+"""The Triton backend (dispatch imports this module): the three ops of :mod:`unsc_fast.ops` as Triton kernels, one module each.
 
-* ``accumulate`` / ``accumulate_conv``: symmetric rank-k updates over the upper-triangular tiles
-  of S, rows split across programs with atomics; the conv version gathers patches from x by
-  pointer arithmetic (implicit im2col, any memory format). Both are
-  :func:`torch.library.triton_op` ops (``torch.ops.unsc_fast_triton.syrk_`` and ``syrk_conv_``),
-  so ``torch.compile`` sees the kernels. Kernels: :mod:`.triton_accumulate`.
-* ``project``: one persistent launch per gradient dtype over every layer's row tiles, from a
-  host-built table of pointers/strides/shapes (``torch.ops.unsc_fast_triton.project_``, a
-  custom op opaque to ``torch.compile``). Kernel: :mod:`.triton_project`.
+* :mod:`.accumulate`: ``S += XᵀX``, a symmetric rank-k update over the upper-triangular tiles
+  of S, rows split across programs with atomics (``torch.ops.unsc_fast_triton.accumulate_``).
+* :mod:`.accumulate_conv`: the same over conv patches gathered from x by pointer arithmetic
+  (implicit im2col, any memory format; ``torch.ops.unsc_fast_triton.accumulate_conv_``). Both
+  are :func:`torch.library.triton_op` ops, so ``torch.compile`` sees the kernels.
+* :mod:`.project_grads`: one persistent launch per gradient dtype over every layer's row
+  tiles, from a host-built table of pointers/strides/shapes
+  (``torch.ops.unsc_fast_triton.project_grads_``, a custom op opaque to ``torch.compile``).
+* :mod:`.common`: what they share (switches, tilings, precision modes, jit helpers).
 
 Devices: CUDA; also CPU tensors when ``TRITON_INTERPRET=1`` (Triton's interpreter, for tests).
 Declines: ``accumulate_conv`` with asymmetric or non-zero padding (``geom.symmetric_padding``
@@ -29,8 +30,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(f"the triton backend needs the triton package ({exc})") from exc
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-if not INTERPRET:
+if os.environ.get("TRITON_INTERPRET") != "1":
     if not torch.cuda.is_available():
         raise ImportError("the triton backend needs a CUDA device (or TRITON_INTERPRET=1 set"
                           " before triton is imported)")
@@ -39,24 +39,24 @@ if not INTERPRET:
     except Exception as exc:  # "0 active drivers" and the like
         raise ImportError(f"triton has no active GPU driver: {exc}") from exc
 
-from .. import dispatch  # noqa: E402
-from ..reference import ConvGeometry  # noqa: E402
-from . import triton_accumulate as _acc  # noqa: E402
-from . import triton_project as _proj  # noqa: E402
+from ... import dispatch  # noqa: E402
+from ...geometry import ConvGeometry  # noqa: E402
+from . import accumulate, accumulate_conv, common, project_grads  # noqa: E402
 
+INTERPRET = common.INTERPRET
 DEVICES = ("cuda", "cpu") if INTERPRET else ("cuda",)
 
 
-def _on_device(t: Tensor):
+def on_device(t: Tensor):
     """Make t's GPU the current one: Triton launches on the current device and stream, not on
     the tensors' (a tensor on cuda:1 while cuda:0 is current would be an illegal access)."""
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
 @dispatch.register("accumulate", "triton", devices=DEVICES)
-def accumulate(S: Tensor, X: Tensor) -> Tensor:
-    with _on_device(S):
-        _acc.syrk_(S, X, 0, _acc.allow_tf32())
+def _accumulate(S: Tensor, X: Tensor) -> Tensor:
+    with on_device(S):
+        accumulate.accumulate_(S, X, 0, common.allow_tf32())
     return S
 
 
@@ -66,15 +66,17 @@ def conv_supported(S: Tensor, x: Tensor, geom: ConvGeometry) -> bool:
 
 
 @dispatch.register("accumulate_conv", "triton", devices=DEVICES, supports=conv_supported)
-def accumulate_conv(S: Tensor, x: Tensor, geom: ConvGeometry) -> Tensor:
-    with _on_device(S):
-        _acc.syrk_conv_(S, x, list(geom.kernel_size), list(geom.stride),
-                        list(geom.symmetric_padding), list(geom.dilation), geom.groups, 0,
-                        _acc.allow_tf32())
+def _accumulate_conv(S: Tensor, x: Tensor, geom: ConvGeometry) -> Tensor:
+    with on_device(S):
+        accumulate_conv.accumulate_conv_(
+            S, x, list(geom.kernel_size), list(geom.stride), list(geom.symmetric_padding),
+            list(geom.dilation), geom.groups, list(geom.output_size(x.shape[2], x.shape[3])),
+            0, common.allow_tf32())
     return S
 
 
 @dispatch.register("project_grads", "triton", devices=DEVICES)
-def project(grads: Sequence[Tensor], bases: Sequence[Tensor], subtract: Sequence[bool]) -> None:
-    with _on_device(grads[0]):
-        _proj.project_(list(grads), list(bases), [bool(s) for s in subtract])
+def _project_grads(grads: Sequence[Tensor], bases: Sequence[Tensor],
+                   subtract: Sequence[bool]) -> None:
+    with on_device(grads[0]):
+        project_grads.project_grads_(list(grads), list(bases), [bool(s) for s in subtract])
