@@ -224,7 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        print("unsc-fast: interrupted", file=sys.stderr)
+        return 130
     try:
         return args.func(args)
     except KeyboardInterrupt:
