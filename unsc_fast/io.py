@@ -152,7 +152,8 @@ class Outputs:
         if not p.parent.is_dir():
             raise FileNotFoundError(f"output directory {str(p.parent)!r} does not exist")
         if any(_same(p, q) for q in self._planned):
-            raise ValueError(f"output {str(p)!r} is named twice")
+            raise ValueError(f"two outputs are the same file {str(p)!r}; give them different"
+                             " names")
         check_writable_dir(p.parent, p)
         clean_stale(p.parent)
         self._planned.append(p)

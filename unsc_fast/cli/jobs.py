@@ -240,7 +240,7 @@ def _probe(data: DataSplit, device) -> torch.Tensor:
 
 def _versions() -> dict:
     from .. import __version__
-    return {"unsc_fast": __version__, "torch": torch.__version__}
+    return {"unsc_fast": str(__version__), "torch": str(torch.__version__)}
 
 
 def _eval(cfg: Config, model, split: ScenarioSplit, data: DataSplit, seed: int) -> dict:
