@@ -72,7 +72,7 @@ def test_rule_messages_and_existing_messages():
 
 
 def _lb(kind, d, groups=1, include_bias=False, m=2):
-    return LayerBasis(kind, d, [torch.zeros(d, m) for _ in range(groups)], [True] * groups,
+    return LayerBasis(kind, d, [torch.eye(d, m) for _ in range(groups)], [True] * groups,
                       [m] * groups, include_bias)
 
 

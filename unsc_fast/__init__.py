@@ -13,6 +13,17 @@ baselines) and :mod:`unsc_fast.cli` (the command line) sit above it and are impo
 request. ``unsc_fast.project_`` projects a model's gradients; ``unsc_fast.ops.project_grads_``
 is the grouped op underneath it.
 """
+import sys as _sys
+
+if _sys.argv[:1] == ["-m"]:   # `python -m unsc_fast` is importing us: Ctrl-C before the command
+    import signal as _signal  # line is ready is one line and exit 130 (cli.main restores it)
+
+    def _interrupted(*_):
+        _sys.stderr.write("unsc-fast: interrupted\n")
+        _sys.stderr.flush()
+        import os as _os
+        _os._exit(130)
+    _signal.signal(_signal.SIGINT, _interrupted)
 from . import dispatch, ops, reference
 from .bases import NullSpace
 from .geometry import ConvGeometry

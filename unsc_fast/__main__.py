@@ -1,5 +1,9 @@
 import sys
 
-from .cli import main
+try:
+    from .cli import main
+except KeyboardInterrupt:          # Ctrl-C while torch is still importing: one line, not a trace
+    print("unsc-fast: interrupted", file=sys.stderr)
+    sys.exit(130)
 
 sys.exit(main())

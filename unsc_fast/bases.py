@@ -235,8 +235,60 @@ class NullSpace(Mapping[str, LayerBasis]):
             raise bad(f"its metadata is a {type(meta).__name__}, not a dict of layers")
         layers = {}
         for name, m in meta.items():
-            layers[name] = _layer_from(name, m, tensors, bad).to(device)
-        return cls(layers)
+            layers[name] = _layer_from(name, m, tensors, bad)
+        out = cls(layers)
+        try:
+            out.validate()
+        except ValueError as exc:
+            raise ValueError(f"{path}: corrupt bases: {exc}") from None
+        return out.to(device)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` unless every basis is finite, orthonormal and of its rank.
+
+        Checked: shapes (d, r) when storing the core and (d, d − r) when storing the null
+        space, all values finite, and ``max |BᵀB − I| <= ORTHO_TOL[dtype]`` (computed in
+        float64). :meth:`load` calls it, so an edited or damaged file is refused.
+        """
+        for name, lb in self._layers.items():
+            if lb.kind not in ("linear", "conv2d") or lb.groups < 1 or \
+                    not (len(lb.subtract) == len(lb.ranks) == lb.groups):
+                raise ValueError(f"layer {name!r}: kind {lb.kind!r}, {lb.groups} bases,"
+                                 f" {len(lb.subtract)} flags, {len(lb.ranks)} ranks")
+            for g, (B, sub, r) in enumerate(zip(lb.bases, lb.subtract, lb.ranks)):
+                cols = r if sub else lb.d - r
+                if B.dim() != 2 or tuple(B.shape) != (lb.d, cols) or not 0 <= r <= lb.d:
+                    raise ValueError(f"layer {name!r} group {g}: basis {tuple(B.shape)} does"
+                                     f" not fit d = {lb.d}, rank {r}")
+                if not bool(torch.isfinite(B).all()):
+                    raise ValueError(f"layer {name!r} group {g}: the basis holds NaN or Inf")
+                if cols:
+                    Bd = B.detach().double()
+                    err = float((Bd.mT @ Bd - torch.eye(cols, dtype=torch.float64,
+                                                         device=B.device)).abs().max())
+                    tol = ORTHO_TOL.get(B.dtype, 1e-3)
+                    if not err <= tol:
+                        raise ValueError(f"layer {name!r} group {g}: the basis is not"
+                                         f" orthonormal (max |BᵀB − I| = {err:.2e} >"
+                                         f" {tol:g})")
+
+    def warnings(self) -> list[str]:
+        """A line per layer whose core is empty (updates of that layer are unconstrained:
+        D_r gave it no protected direction) or whose null space is empty (that layer cannot
+        change: UNSC leaves it as it is)."""
+        out = []
+        for name, lb in self._layers.items():
+            if all(r == 0 for r in lb.ranks):
+                out.append(f"layer {name!r}: empty core (rank 0): its updates are not"
+                           " constrained by D_r")
+            elif all(r == lb.d for r in lb.ranks):
+                out.append(f"layer {name!r}: empty null space (rank = d = {lb.d}): UNSC"
+                           " cannot change it; a looser rule (e.g. energy:0.99) frees"
+                           " directions")
+        if self._layers and all(all(r == lb.d for r in lb.ranks)
+                                for lb in self._layers.values()):
+            out.append("every layer's null space is empty: unlearning will change no weight")
+        return out
 
     def summary(self) -> str:
         """A markdown table: layer, kind, d, core rank, stored basis."""
@@ -246,8 +298,13 @@ class NullSpace(Mapping[str, LayerBasis]):
                 f"{min(lb.ranks)}..{max(lb.ranks)} ({lb.groups} groups)"
             stored = "U_r" if all(lb.subtract) else "U_0" if not any(lb.subtract) else "mixed"
             rows.append(f"| {name} | {lb.kind} | {lb.d} | {ranks} | {stored} |")
+        rows += [f"\nwarning: {w}" for w in self.warnings()]
         return "\n".join(rows)
 
+
+#: Largest ``max |BᵀB − I|`` a loaded basis may show, by its dtype.
+ORTHO_TOL = {torch.float64: 1e-8, torch.float32: 1e-3, torch.float16: 2e-2,
+             torch.bfloat16: 5e-2}
 
 _META_KEYS = {"kind": str, "d": int, "subtract": list, "ranks": list, "include_bias": bool}
 

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import nn
 
-__all__ = ["model_device", "progress"]
+__all__ = ["model_device", "progress", "nonfinite_outputs"]
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -28,3 +28,17 @@ def progress(data: Iterable, enabled: bool, desc: str) -> Iterator[Iterable]:
         yield bar
     finally:
         bar.close()
+
+
+@torch.no_grad()
+def nonfinite_outputs(model: nn.Module, x: torch.Tensor) -> int:
+    """How many samples of the probe batch ``x`` give a NaN/Inf output (eval mode; the
+    model's mode is restored)."""
+    was = model.training
+    model.eval()
+    try:
+        out = model(x)
+    finally:
+        model.train(was)
+    out = out.reshape(len(x), -1) if out.dim() else out.reshape(1, 1)
+    return int((~torch.isfinite(out)).any(-1).sum())

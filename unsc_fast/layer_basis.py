@@ -14,6 +14,10 @@ if TYPE_CHECKING:
     from .rules import Rule
     from .stats import LayerMoments
 
+#: A second moment's most negative eigenvalue may be at most this share of its largest
+#: (round-off); beyond it the statistics are refused as not positive semi-definite.
+PSD_TOL = 1e-4
+
 # -- bases -----------------------------------------------------------------------------------
 
 
@@ -106,6 +110,10 @@ def layer_basis(name: str, lm: LayerMoments, rule: Rule, *, include_bias: bool =
             evals, evecs = ref.eigh_desc(Cg)
         except torch.linalg.LinAlgError as exc:
             raise torch.linalg.LinAlgError(f"layer {name!r}: {exc}") from None
+        if evals.numel() and float(evals[-1]) < -PSD_TOL * max(float(evals[0]), 0.0):
+            raise ValueError(f"layer {name!r}: the second moment is not positive"
+                             f" semi-definite (eigenvalue {float(evals[-1]):.3g} against a"
+                             f" largest {float(evals[0]):.3g}); corrupt statistics?")
         r = rule.rank(evals)
         B, sub = _basis_from(evals, evecs, r, store)
         bases.append(B.to(dtype))

@@ -58,6 +58,37 @@ def _check_same_device(**tensors: Tensor) -> None:
         raise ValueError(f"tensors are on different devices: {devices}")
 
 
+def _span(t: Tensor) -> tuple[int, int]:
+    """The byte range ``[lo, hi)`` that ``t``'s elements occupy."""
+    lo = t.data_ptr()
+    last = sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
+    return lo, lo + (last + 1) * t.element_size()
+
+
+def _check_disjoint(out_name: str, out: Tensor, in_name: str, t: Tensor) -> None:
+    """An output written in place may not share memory with an input it is computed from."""
+    if out.numel() == 0 or t.numel() == 0 or out.device != t.device:
+        return
+    a, b = _span(out), _span(t)
+    if a[0] < b[1] and b[0] < a[1]:
+        raise ValueError(f"{out_name} and {in_name} share memory ({out_name} is written in"
+                         f" place while {in_name} is read); pass a copy, e.g. {in_name}.clone()")
+
+
+def _check_grads_apart_from_bases(grads: list[Tensor], bases: list[Tensor]) -> None:
+    """No gradient (written) may share memory with a basis (read): one sorted sweep."""
+    spans = sorted([(*_span(t), 0, i) for i, t in enumerate(grads) if t.numel()]
+                   + [(*_span(t), 1, i) for i, t in enumerate(bases) if t.numel()])
+    reach = [(-1, -1), (-1, -1)]           # per kind: (largest end so far, its index)
+    for lo, hi, kind, i in spans:
+        end, j = reach[1 - kind]
+        if lo < end:
+            g, b = (i, j) if kind == 0 else (j, i)
+            _check_disjoint(f"grads[{g}]", grads[g], f"bases[{b}]", bases[b])
+        if hi > reach[kind][0]:
+            reach[kind] = (hi, i)
+
+
 def accumulate_(S: Tensor, X: Tensor, *, backend: str | None = None) -> Tensor:
     """``S += XᵀX`` in place (upper triangle). See the module docstring."""
     _check_float("S", S, _ACC_DTYPES)
@@ -69,6 +100,7 @@ def accumulate_(S: Tensor, X: Tensor, *, backend: str | None = None) -> Tensor:
     if not S.is_contiguous():
         raise ValueError("S must be contiguous (it is written in place)")
     _check_same_device(S=S, X=X)
+    _check_disjoint("S", S, "X", X)
     if X.shape[0] == 0:
         return S
     _, fn = dispatch.resolve("accumulate", S.device, (S, X), backend)
@@ -93,6 +125,7 @@ def accumulate_conv_(S: Tensor, x: Tensor, geom: ConvGeometry, *,
     if not S.is_contiguous():
         raise ValueError("S must be contiguous (it is written in place)")
     _check_same_device(S=S, x=x)
+    _check_disjoint("S", S, "x", x)
     if min(geom.output_size(x.shape[2], x.shape[3])) < 1:
         raise ValueError(f"input {tuple(x.shape[2:])} (padding {geom.pad}) is smaller than the"
                          f" dilated kernel {geom.kernel_size} (dilation {geom.dilation})")
@@ -140,6 +173,7 @@ def project_grads_(grads: Sequence[Tensor], bases: Sequence[Tensor], subtract: S
         if key in seen:
             raise ValueError(f"grads[{i}] and grads[{seen[key]}] are the same memory")
         seen[key] = i
+    _check_grads_apart_from_bases(grads, bases)
     # Nothing to compute for an empty gradient or a rank-0 basis: subtracting an empty core
     # leaves G as it is, and projecting onto an empty null space gives 0.
     work = []

@@ -27,6 +27,11 @@ from .geometry import ConvGeometry
 from .reference import symmetric
 
 
+#: Inputs no larger than this (but not all zero) are refused for statistics of that dtype:
+#: their squares fall into the subnormal range (float32: below 2^-120) and S loses them, so
+#: the layer would silently lose its protection.
+TINY = {torch.float32: 2.0 ** -60, torch.float64: 2.0 ** -500}
+
 
 @dataclass
 class LayerMoments:
@@ -41,6 +46,9 @@ class LayerMoments:
     n: int = 0
     colsum: Tensor | None = None
     geometry: ConvGeometry | None = None
+    #: largest |input| seen (a 0-d float64 tensor; None for loaded statistics): the
+    #: underflow check of :meth:`SecondMoments.check_finite` compares it with ``TINY``
+    peak: Tensor | None = None
 
     @property
     def groups(self) -> int:
@@ -82,7 +90,8 @@ def _new_moments(module: nn.Module, dtype: torch.dtype, include_bias: bool,
     g, d = layers.groups_of(module), layers.input_dim(module)
     S = torch.zeros(g, d, d, dtype=dtype, device=dev)
     colsum = torch.zeros(g, d, dtype=dtype, device=dev) if include_bias else None
-    return LayerMoments(kind, S, 0, colsum, geom)
+    return LayerMoments(kind, S, 0, colsum, geom, torch.zeros((), dtype=torch.float64,
+                                                              device=dev))
 
 
 @dataclass
@@ -157,6 +166,8 @@ class SecondMoments:
             if lm.colsum is not None:
                 lm.colsum[0] += x.sum(0, dtype=lm.colsum.dtype)
         lm.n += rows
+        if lm.peak is not None and x.numel():
+            lm.peak = torch.maximum(lm.peak, x.detach().abs().amax().to(lm.peak))
 
     def _unmasked_rows(self, name: str, x: Tensor) -> Tensor:
         """The (rows, d) input vectors of a Linear/Conv1D, without masked (padding) positions."""
@@ -297,15 +308,30 @@ class SecondMoments:
         return self
 
     def check_finite(self) -> None:
-        """Raise if any statistic holds NaN or Inf (e.g. from a diverged model).
+        """Raise if any statistic holds NaN or Inf (e.g. from a diverged model), or if a
+        layer's inputs were so small that their squares underflow S's dtype (see ``TINY``):
+        no layer loses its protection silently.
 
         The diagonal suffices: a non-finite input x makes Σx² of its feature NaN or Inf.
         """
         bad = [n for n, lm in self.moments.items()
                if not torch.isfinite(torch.diagonal(lm.S, dim1=-2, dim2=-1)).all()]
         if bad:
+            hint = " or use float64 statistics (dtype=torch.float64)" \
+                if self.dtype == torch.float32 else ""
             raise ValueError(f"second moments of layers {bad} contain NaN or Inf (inputs"
-                             " were non-finite or overflowed); check the model and the data")
+                             " were non-finite or overflowed); check the model and the data"
+                             f"{hint}")
+        tiny = TINY[self.dtype]
+        for n, lm in self.moments.items():
+            peak = None if lm.peak is None else float(lm.peak)
+            if peak is not None and 0 < peak <= tiny:
+                fix = "use float64 statistics (SecondMoments(..., dtype=torch.float64))" \
+                    if self.dtype == torch.float32 else "rescale the layer's inputs"
+                raise ValueError(f"layer {n!r}: its inputs are at most {peak:.3g} in"
+                                 f" magnitude, so their squares underflow {self.dtype}"
+                                 " statistics and the layer would lose its protection on"
+                                 f" D_r; {fix}")
 
     # -- combining and saving -----------------------------------------------------------
     def merge_(self, other: "SecondMoments") -> "SecondMoments":
@@ -319,6 +345,8 @@ class SecondMoments:
                                  f" {tuple(lm.S.shape)} differ")
             lm.S += torch.triu(o.S.to(lm.S))
             lm.n += o.n
+            if lm.peak is not None:
+                lm.peak = None if o.peak is None else torch.maximum(lm.peak, o.peak.to(lm.peak))
             if lm.colsum is not None and o.colsum is not None:
                 lm.colsum += o.colsum.to(lm.colsum)
         return self
@@ -350,10 +378,12 @@ class SecondMoments:
             if tuple(s["S"].shape) != tuple(self.moments[name].S.shape):
                 raise ValueError(f"layer {name!r}: saved S is {tuple(s['S'].shape)}, the model"
                                  f" needs {tuple(self.moments[name].S.shape)}")
+            check_saved_moments(name, s["S"], s["n"], s.get("colsum"))
         for name, s in state.items():
             lm = self.moments[name]
             lm.S.copy_(s["S"])
             lm.n = int(s["n"])
+            lm.peak = None                     # unknown for saved statistics
             if s.get("colsum") is not None and lm.colsum is not None:
                 lm.colsum.copy_(s["colsum"])
 
@@ -435,6 +465,34 @@ def _within_tokens(inputs: dict, budget: int) -> dict:
         per = torch.ones(len(ids), dtype=torch.long)
     fits = int((torch.cumsum(per, 0) <= budget).sum())
     return _rows(inputs, max(fits, 1))
+
+
+def check_saved_moments(name: str, S, n, colsum=None) -> None:
+    """Raise ``ValueError`` unless saved statistics can be those of real inputs: ``n`` an
+    integer >= 1 (0 only with S = 0), S a finite floating tensor whose full form is symmetric
+    (an upper-triangular S is read as its upper triangle) with a non-negative diagonal."""
+    if isinstance(n, Tensor) and n.numel() == 1 and not n.is_floating_point():
+        n = int(n)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"layer {name!r}: sample count n = {n!r} is not an integer >= 0")
+    if not isinstance(S, Tensor) or not S.is_floating_point():
+        raise ValueError(f"layer {name!r}: S is not a floating tensor")
+    if not bool(torch.isfinite(S).all()):
+        raise ValueError(f"layer {name!r}: S holds NaN or Inf")
+    if n == 0 and bool(S.any()):
+        raise ValueError(f"layer {name!r}: n = 0 but S is not zero")
+    lower = torch.tril(S, -1)
+    if bool(lower.any()):                      # a full S must be symmetric
+        Sd = S.double()
+        asym = float((Sd - Sd.mT).abs().max())
+        if asym > 1e-5 * max(float(Sd.abs().max()), 1e-300):
+            raise ValueError(f"layer {name!r}: S is not symmetric (max |S − Sᵀ| = {asym:.3g})")
+    diag = torch.diagonal(S, dim1=-2, dim2=-1)
+    if bool((diag < 0).any()):
+        raise ValueError(f"layer {name!r}: S has a negative diagonal entry"
+                         f" ({float(diag.min()):.3g}); a sum of squares cannot be")
+    if colsum is not None and not bool(torch.isfinite(colsum).all()):
+        raise ValueError(f"layer {name!r}: the column sums hold NaN or Inf")
 
 
 def _reworded(exc: Exception, message: str) -> Exception:

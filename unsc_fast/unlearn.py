@@ -4,7 +4,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import operator
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -32,6 +34,7 @@ class UnlearnReport:
     ranks: dict[str, list[int]] = field(default_factory=dict)
     dims: dict[str, int] = field(default_factory=dict)
     forget_samples: int = 0
+    warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         """The report as plain JSON-able values (field name -> value)."""
@@ -125,6 +128,11 @@ def unlearn(model: nn.Module, forget: Iterable, retain: Iterable | None = None, 
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
     if relabel not in ("pseudo", "random"):
         raise ValueError(f"relabel must be 'pseudo' or 'random', got {relabel!r}")
+    if iter(forget) is forget:
+        raise TypeError("forget data must be re-iterable (a DataLoader, a list of batches), not"
+                        f" a one-shot {type(forget).__name__}: it is read once per epoch")
+    if forget_classes is not None:
+        forget_classes = _class_ids(forget_classes)
     rule = parse_rule(rule)
     if project and bases is not None:
         bases.check(model)  # before any data is touched
@@ -135,7 +143,6 @@ def unlearn(model: nn.Module, forget: Iterable, retain: Iterable | None = None, 
         raise ValueError("the forget set D_f is empty")
     out_features = _num_classes(model, forget, device)
     if forget_classes is not None:
-        forget_classes = sorted({int(c) for c in forget_classes})
         bad = [c for c in forget_classes if not 0 <= c < out_features]
         if bad:
             raise ValueError(f"forget_classes {bad} are not classes of a {out_features}-way model")
@@ -159,11 +166,54 @@ def unlearn(model: nn.Module, forget: Iterable, retain: Iterable | None = None, 
     if project:
         report.ranks = {n: list(lb.ranks) for n, lb in bases.items()}
         report.dims = {n: lb.d for n, lb in bases.items()}
+        report.warnings = bases.warnings()
+        for w in report.warnings:
+            warnings.warn(w, RuntimeWarning, stacklevel=2)
 
     original = model
     original_mode = original.training
     original.eval()
-    unlearned = copy.deepcopy(model)
+    try:
+        unlearned, probe, bases = _run(original, forget, bases, project, lr, epochs, relabel, seed,
+                                dropout, backend, progress, forget_classes, device, report)
+    finally:
+        original.train(original_mode)
+    if probe is not None:
+        from .helpers import nonfinite_outputs
+        n = nonfinite_outputs(unlearned, probe)
+        if n:
+            raise FloatingPointError(
+                f"after unlearning (lr={lr}, {epochs} epoch(s)) the model's outputs are NaN/Inf"
+                f" on {n} of {len(probe)} probe samples of D_f, although every loss was"
+                " finite: a step diverged. Lower lr; the original model is unchanged")
+    unlearned.eval()
+    for p in unlearned.parameters():
+        p.requires_grad_(True)
+    return UnlearnResult(unlearned, bases if project else None, report)
+
+
+def _class_ids(classes) -> list[int]:
+    """Class ids as sorted distinct ints; bools, floats and other non-integers refused."""
+    if isinstance(classes, (str, bytes)) or not hasattr(classes, "__iter__"):
+        raise TypeError(f"forget_classes must be a sequence of class ids, got {classes!r}")
+    out = []
+    for c in classes:
+        try:
+            if isinstance(c, bool) or (isinstance(c, torch.Tensor) and c.dtype == torch.bool):
+                raise TypeError
+            out.append(operator.index(c))
+        except TypeError:
+            raise TypeError(f"forget_classes must hold integer class ids, got {c!r}"
+                            f" ({type(c).__name__})") from None
+    return sorted(set(out))
+
+
+def _run(original, forget, bases, project, lr, epochs, relabel, seed, dropout, backend,
+         progress, forget_classes, device, report):
+    """The training loop of :func:`unlearn`: (unlearned copy, a probe batch or None, the
+    bases moved to the model)."""
+    probe = None
+    unlearned = copy.deepcopy(original)
     params = freeze_for_unlearning(unlearned, bases if project else None, dropout)
     if project:
         bases = bases.to(device=device, dtype=params[0].dtype)
@@ -182,6 +232,8 @@ def unlearn(model: nn.Module, forget: Iterable, retain: Iterable | None = None, 
             total, count = 0.0, 0
             for x, y in _batches(forget):
                 x, y = x.to(device), y.to(device)
+                if probe is None:
+                    probe = x[:256].detach()
                 with torch.no_grad():
                     scores = original(x)
                     if relabel == "random":
@@ -203,11 +255,7 @@ def unlearn(model: nn.Module, forget: Iterable, retain: Iterable | None = None, 
                 count += len(x)
             report.epoch_loss.append(total / count)
     report.time_unlearn = time.perf_counter() - t
-    original.train(original_mode)
-    unlearned.eval()
-    for p in unlearned.parameters():
-        p.requires_grad_(True)
-    return UnlearnResult(unlearned, bases if project else None, report)
+    return unlearned, probe, bases
 
 
 @torch.no_grad()

@@ -63,14 +63,22 @@ def fingerprint(model: nn.Module) -> str:
 
 # -- generic tensor + metadata files ---------------------------------------------------------
 
-def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
+def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict,
+                 outputs=None) -> Path:
+    """Write ``tensors`` and ``meta``; atomically, or staged in ``outputs`` (an
+    :class:`~unsc_fast.io.Outputs`) to appear with the command's other outputs."""
     fmt = file_format(path)
+    atomic_save = _writer(outputs)
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     if fmt == "safetensors":
         from safetensors.torch import save
         blob = save(tensors, metadata={"unsc_fast": json.dumps(meta)})
         return atomic_save(path, lambda f: f.write(blob))
     return atomic_save(path, lambda f: torch.save({"tensors": tensors, "unsc_fast": meta}, f))
+
+
+def _writer(outputs):
+    return atomic_save if outputs is None else outputs.stage
 
 
 def load_tensors(path: str | os.PathLike, what: str) -> tuple[dict[str, torch.Tensor], dict]:
@@ -131,10 +139,11 @@ def model_meta(model_name: str, width: float, input_shape, num_classes: int, dat
             "dataset": dataset, **extra}
 
 
-def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict) -> Path:
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict, outputs=None
+                    ) -> Path:
     """Save ``model``'s state and ``meta`` (see :func:`model_meta`) atomically."""
     meta = {**meta, "fingerprint": fingerprint(model)}
-    return save_tensors(path, model.state_dict(), meta)
+    return save_tensors(path, model.state_dict(), meta, outputs)
 
 
 def load_checkpoint(path: str | os.PathLike, device: str = "cpu"
@@ -162,7 +171,7 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu"
 
 # -- second moments --------------------------------------------------------------------------
 
-def save_moments(path: str | os.PathLike, moments, meta: dict) -> Path:
+def save_moments(path: str | os.PathLike, moments, meta: dict, outputs=None) -> Path:
     """Save a :class:`~unsc_fast.SecondMoments` (upper-triangular S, n, column sums)."""
     tensors, layers = {}, {}
     for name, lm in moments.moments.items():
@@ -172,7 +181,7 @@ def save_moments(path: str | os.PathLike, moments, meta: dict) -> Path:
         layers[name] = {"kind": lm.kind, "n": int(lm.n), "shape": list(lm.S.shape)}
     meta = {**meta, "format": STATS_FORMAT, "layers": layers,
             "include_bias": bool(moments.include_bias), "dtype": str(moments.dtype)}
-    return save_tensors(path, tensors, meta)
+    return save_tensors(path, tensors, meta, outputs)
 
 
 def load_moments(path: str | os.PathLike, model: nn.Module, backend: str | None = None):
@@ -201,9 +210,10 @@ def load_moments(path: str | os.PathLike, model: nn.Module, backend: str | None 
 
 # -- bases -----------------------------------------------------------------------------------
 
-def save_bases(path: str | os.PathLike, bases, job: dict) -> Path:
+def save_bases(path: str | os.PathLike, bases, job: dict, outputs=None) -> Path:
     """Save a :class:`~unsc_fast.NullSpace` readable by ``NullSpace.load``, plus job metadata."""
     file_format(path)
+    atomic_save = _writer(outputs)
     tensors, meta = bases.state_dict()
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     if str(path).endswith(".safetensors"):

@@ -283,11 +283,18 @@ def validate(cfg: Config) -> None:
     if dup:
         raise ConfigError(f"{_label('scenario.classes')} lists class(es) {dup} more than once")
     cfg.data["scenario"]["classes"] = sorted(classes)   # one D_r, one spelling
+    if cfg["scenario.kind"] == "class" and cfg.is_set("scenario.kind") and len(classes) > 1:
+        raise ConfigError(f"the 'class' scenario forgets one class, got {sorted(classes)};"
+                          " use --scenario classes (or leave --scenario out)")
     seeds = cfg["compare.seeds"]
     if not isinstance(seeds, list) or not seeds or not all(
             _is_int(s) and s >= 0 for s in seeds):
         raise ConfigError(f"{_label('compare.seeds')} must be a non-empty list of integers"
                           f" >= 0, got {seeds!r}")
+    if len(set(seeds)) < len(seeds):
+        raise ConfigError(f"{_label('compare.seeds')} lists seed(s)"
+                          f" {sorted({x for x in seeds if seeds.count(x) > 1})} more than once:"
+                          " a repeated seed would count one run twice in the mean")
     methods = cfg["compare.methods"]
     if not isinstance(methods, list) or not methods:
         raise ConfigError(f"{_label('compare.methods')} must be a non-empty list, got {methods!r}")

@@ -19,7 +19,7 @@ from . import checkpoint as ck
 from ..lab.baselines import METHODS, Task, run_method
 from .config import Config, ConfigError
 from ..lab.data import DataSplit, class_split, load_dataset, loader
-from ..io import atomic_save
+from ..io import Outputs
 from ..lab.metrics import evaluate
 from ..lab.models import build_model
 from ..lab.report import build_report, markdown, render
@@ -36,8 +36,10 @@ PROJECTED = ("unsc", "random_labels_proj")     # the methods that use D_r's stat
 
 # -- checks before any work ------------------------------------------------------------------
 
-def check_output_file(path: str | os.PathLike, kind: str) -> Path:
-    """An output path: its directory exists, it is not a directory, its extension fits."""
+def check_output_file(path: str | os.PathLike, kind: str, outputs: Outputs | None = None
+                      ) -> Path:
+    """An output path: its directory exists, it is not a directory, its extension fits;
+    with ``outputs``, also planned there (a probe file proves the directory writable)."""
     p = Path(path)
     if p.is_dir():
         raise JobError(f"output {str(p)!r} is a directory; give a file name")
@@ -51,6 +53,8 @@ def check_output_file(path: str | os.PathLike, kind: str) -> Path:
         ck.file_format(p)
     elif kind == "json" and p.suffix != ".json":
         raise JobError(f"report {str(p)!r} must end in .json")
+    if outputs is not None:
+        outputs.plan(p)
     return p
 
 
@@ -212,13 +216,31 @@ def _run_record(method: str, seed: int, metrics: dict, times: dict, info: dict) 
             "times": {k: float(v) for k, v in times.items()}, "info": _json_safe(info)}
 
 
-def check_finite_model(model, what: str, hint: str) -> None:
-    """A model whose weights turned NaN/Inf is not saved: an error says what to change."""
+def check_finite_model(model, what: str, hint: str, probe: torch.Tensor | None = None,
+                       done: str = "nothing was written") -> None:
+    """A model whose weights turned NaN/Inf, or whose outputs on the ``probe`` batch do, is
+    not saved, returned or evaluated: an error says what failed and what to change."""
     bad = [n for n, t in model.state_dict().items()
            if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad:
         raise JobError(f"{what} diverged: {len(bad)} tensor(s) of the model hold NaN or Inf"
-                       f" (first: {bad[0]}); nothing was written; {hint}")
+                       f" (first: {bad[0]}); {done}; {hint}")
+    if probe is not None:
+        from ..helpers import nonfinite_outputs
+        n = nonfinite_outputs(model, probe)
+        if n:
+            raise JobError(f"{what} diverged: its weights are finite but {n} of"
+                           f" {len(probe)} probe inputs give NaN/Inf outputs; {done}; {hint}")
+
+
+def _probe(data: DataSplit, device) -> torch.Tensor:
+    """A batch of test inputs for the finite-output check."""
+    return next(iter(loader(data.test, 256)))[0].to(device)
+
+
+def _versions() -> dict:
+    from .. import __version__
+    return {"unsc_fast": str(__version__), "torch": str(torch.__version__)}
 
 
 def _eval(cfg: Config, model, split: ScenarioSplit, data: DataSplit, seed: int) -> dict:
@@ -242,7 +264,8 @@ def _train_original(cfg: Config, data: DataSplit, dataset, seed: int, desc="trai
 
 def train_job(cfg: Config, out, exclude_classes: list[int] | None = None) -> dict:
     """Train the original model (or, with ``exclude_classes``, the retrain baseline)."""
-    out = check_output_file(out, "checkpoint")
+    outputs = Outputs()
+    out = check_output_file(out, "checkpoint", outputs)
     if cfg.source is not None:
         check_distinct({"--config": cfg.source}, {"--out": out})
     _device(cfg)
@@ -261,15 +284,17 @@ def train_job(cfg: Config, out, exclude_classes: list[int] | None = None) -> dic
     dataset = class_split(data.train, exclude)[0] if exclude else data.train
     model, secs = _train_original(cfg, data, dataset, cfg["seed"],
                                   "retrain" if exclude else "training")
-    check_finite_model(model, "training", "lower --lr")
+    check_finite_model(model, "training", "lower --lr", _probe(data, _device(cfg)))
     meta = ck.model_meta(cfg["model"], cfg["width"], data.input_shape, data.num_classes,
                          data.name, seed=cfg["seed"], data_seed=cfg["data_seed"],
                          exclude_classes=exclude, method="retrain" if exclude else "original",
-                         train=dict(cfg["train"]), train_seconds=secs)
+                         train=dict(cfg["train"]), train_seconds=secs, versions=_versions())
     if exclude:
         meta["scenario"] = {"kind": "class" if len(exclude) == 1 else "classes",
                             "classes": exclude}
-    ck.save_checkpoint(out, model, meta)
+    with outputs:
+        ck.save_checkpoint(out, model, meta, outputs)
+        outputs.commit()
     from ..lab.metrics import class_accuracies
     acc = class_accuracies(model, loader(data.test, cfg["evaluate.batch_size"]),
                            exclude or [], data.num_classes)
@@ -287,9 +312,10 @@ def stats_job(cfg: Config, checkpoint, out, bases_out=None) -> dict:
     """Second moments of every layer's inputs over D_r, saved (and optionally the bases)."""
     from ..bases import NullSpace
     from ..stats import SecondMoments
-    out = check_output_file(out, "stats")
+    outputs = Outputs()
+    out = check_output_file(out, "stats", outputs)
     if bases_out is not None:
-        bases_out = check_output_file(bases_out, "bases")
+        bases_out = check_output_file(bases_out, "bases", outputs)
     check_distinct({"--checkpoint": checkpoint, "--config": cfg.source},
                    {"--out": out, "--bases-out": bases_out})
     ck.require_file(checkpoint, "checkpoint")
@@ -309,9 +335,14 @@ def stats_job(cfg: Config, checkpoint, out, bases_out=None) -> dict:
         bases = NullSpace.from_moments(moments, cfg["unlearn.rule"],
                                        include_bias=cfg["unlearn.include_bias"],
                                        progress=_progress(cfg))
-    ck.save_moments(out, moments, {**job, "seconds": secs})
+    with outputs:
+        ck.save_moments(out, moments, {**job, "seconds": secs}, outputs)
+        if bases is not None:
+            ck.save_bases(bases_out, bases, {**job, "rule": cfg["unlearn.rule"]}, outputs)
+        outputs.commit()
     if bases is not None:
-        ck.save_bases(bases_out, bases, {**job, "rule": cfg["unlearn.rule"]})
+        for w in bases.warnings():
+            print(f"warning: {w}", file=sys.stderr)
     _say(cfg, f"second moments of {len(moments.moments)} layers over {len(split.retain)}"
               f" retained samples in {secs:.1f} s; saved {out}"
               + (f" and bases ({cfg['unlearn.rule']}) {bases_out}" if bases is not None else ""))
@@ -355,11 +386,12 @@ def unlearn_job(cfg: Config, checkpoint, out, *, stats=None, bases=None, method:
     if (stats is not None or bases is not None) and method not in PROJECTED:
         raise JobError(f"{'--stats' if stats is not None else '--bases'}: method {method!r}"
                        f" uses no statistics or bases (only {' and '.join(PROJECTED)} do)")
-    out = check_output_file(out, "checkpoint")
+    outputs = Outputs()
+    out = check_output_file(out, "checkpoint", outputs)
     if report is not None:
-        report = check_output_file(report, "json")
+        report = check_output_file(report, "json", outputs)
     if bases_out is not None:
-        bases_out = check_output_file(bases_out, "bases")
+        bases_out = check_output_file(bases_out, "bases", outputs)
         if method != "unsc":
             raise JobError(f"--bases-out: method {method!r} saves no bases (only unsc does)")
     check_distinct({"--checkpoint": checkpoint, "--stats": stats, "--bases": bases,
@@ -389,12 +421,17 @@ def unlearn_job(cfg: Config, checkpoint, out, *, stats=None, bases=None, method:
             hp[key] = cfg[f"unlearn.{key}"]
     res = run_method(method, task, **hp)
     check_finite_model(res.model, method,
-                       f"lower the learning rate (--lr, or lr in [methods.{method}])")
+                       f"lower the learning rate (--lr, or lr in [methods.{method}])",
+                       _probe(data, _device(cfg)))
     new_meta = {k: v for k, v in meta.items() if k not in ("fingerprint",)}
+    made = {"method": method, "rule": cfg["unlearn.rule"] if method in PROJECTED else None,
+            **{k: hp.get(k, cfg[f"unlearn.{k}"]) for k in ("lr", "epochs", "batch_size")},
+            "hyperparameters": hp}
     new_meta.update(method=method, source=meta.get("fingerprint"),
                     scenario=Scenario.from_dict(cfg["scenario"]).as_dict(),
-                    unlearn_seconds=res.times["total"], seed=seed)
-    outputs = {}
+                    unlearn_seconds=res.times["total"], seed=seed, unlearn=made,
+                    versions=_versions())
+    results = {}
     if report is not None:
         runs = [_run_record("original", seed, _eval(cfg, model, split, data, seed),
                             {"total": meta.get("train_seconds") or 0.0}, {}),
@@ -403,25 +440,30 @@ def unlearn_job(cfg: Config, checkpoint, out, *, stats=None, bases=None, method:
         rep = build_report(command="unlearn", config=cfg.as_dict(),
                            dataset=_dataset_info(data), model=_model_info(cfg, model),
                            scenario=split.info(), runs=runs)
-        outputs["report"] = rep
+        results["report"] = rep
         from ..lab.report import to_json
         report_text = to_json(rep)             # serialised before anything is written
-    ck.save_checkpoint(out, res.model, new_meta)
-    if bases_out is not None:
-        ck.save_bases(bases_out, res.bases, {"checkpoint": meta.get("fingerprint"),
-                                             **_scenario_key(cfg), "rule": cfg["unlearn.rule"],
-                                             "max_retain_samples":
-                                             cfg["unlearn.max_retain_samples"],
-                                             "include_bias": cfg["unlearn.include_bias"]})
+    with outputs:
+        ck.save_checkpoint(out, res.model, new_meta, outputs)
+        if bases_out is not None:
+            ck.save_bases(bases_out, res.bases,
+                          {"checkpoint": meta.get("fingerprint"), **_scenario_key(cfg),
+                           "rule": cfg["unlearn.rule"],
+                           "max_retain_samples": cfg["unlearn.max_retain_samples"],
+                           "include_bias": cfg["unlearn.include_bias"]}, outputs)
+        if report is not None:
+            outputs.stage(report, lambda f: f.write(report_text))
+        outputs.commit()
     if report is not None:
-        atomic_save(report, lambda f: f.write(report_text))
-        _say(cfg, markdown(outputs["report"]))
+        _say(cfg, markdown(results["report"]))
+    for w in res.info.get("warnings") or []:
+        print(f"warning: {w}", file=sys.stderr)
     if res.info.get("diverged"):
         print(f"warning: {method} stopped early: its loss turned NaN/Inf (lower the learning"
               " rate); the saved model is its last finite state", file=sys.stderr)
     _say(cfg, f"{method}: forgot {split.scenario.describe()} ({len(split.forget)} samples) in"
               f" {res.times['total']:.1f} s; saved {out}")
-    return {"checkpoint": str(out), "times": res.times, **outputs}
+    return {"checkpoint": str(out), "times": res.times, **results}
 
 
 # -- evaluate --------------------------------------------------------------------------------
@@ -430,8 +472,9 @@ def evaluate_job(cfg: Config, checkpoints: list, out=None) -> dict:
     """Metrics of one or more checkpoints on the scenario; a table on stdout, JSON to ``out``."""
     if not checkpoints:
         raise JobError("evaluate needs at least one checkpoint")
+    outputs = Outputs()
     if out is not None:
-        out = check_output_file(out, "json")
+        out = check_output_file(out, "json", outputs)
     check_distinct({"--checkpoint": list(checkpoints), "--config": cfg.source}, {"--out": out})
     for p in checkpoints:                      # every path checked before any work
         ck.require_file(p, "checkpoint")
@@ -447,6 +490,10 @@ def evaluate_job(cfg: Config, checkpoints: list, out=None) -> dict:
                         f"checkpoints {str(first_path)!r} and {str(p)!r} were trained with"
                         f" different {key} ({first.get(key)!r} vs {meta.get(key)!r})")
         loaded.append((p, model, meta))
+    probe = _probe(data, _device(cfg))
+    for p, model, _ in loaded:                 # a broken model is refused, not evaluated
+        check_finite_model(model, f"checkpoint {str(p)!r}", "it cannot be evaluated; check"
+                           " how it was made", probe, done="nothing was evaluated")
     split = scenario_split(cfg, data)
     seed = cfg["seed"]
     runs, names = [], []
@@ -467,7 +514,9 @@ def evaluate_job(cfg: Config, checkpoints: list, out=None) -> dict:
                        model=model_info, scenario=split.info(), runs=runs, methods=names)
     if out is not None:
         from ..lab.report import to_json
-        atomic_save(out, lambda f: f.write(to_json(rep)))
+        with outputs:
+            outputs.stage(out, lambda f: f.write(to_json(rep)))
+            outputs.commit()
     _say(cfg, markdown(rep))
     return rep
 
@@ -477,7 +526,9 @@ def evaluate_job(cfg: Config, checkpoints: list, out=None) -> dict:
 def compare_job(cfg: Config, out_dir, figures: bool = True) -> dict:
     """Original vs retrain vs UNSC vs baselines, over seeds; one report, table and figures."""
     from ..stats import SecondMoments
+    outputs = Outputs()
     out_dir = check_output_dir(out_dir)
+    outputs.plan_dir(out_dir)
     _device(cfg)
     methods = list(dict.fromkeys(cfg["compare.methods"]))
     if "original" not in methods:
@@ -518,6 +569,12 @@ def compare_job(cfg: Config, out_dir, figures: bool = True) -> dict:
             elif m in ("unsc", "random_labels_proj"):
                 times["stats"] = t_stats
                 times["total"] += t_stats
+            try:
+                check_finite_model(res.model, f"seed {seed} {m}", "its metrics are of a broken"
+                                   " model", _probe(data, _device(cfg)), done="still evaluated")
+            except JobError as exc:           # recorded and shown, never quiet
+                res.info["non_finite"] = str(exc)
+                print(f"warning: {exc}", file=sys.stderr)
             metrics = _eval(cfg, res.model, split, data, seed)
             runs.append(_run_record(m, seed, metrics, times, res.info))
             if bar is not None:
@@ -535,9 +592,10 @@ def compare_job(cfg: Config, out_dir, figures: bool = True) -> dict:
                        scenario=split.info(), runs=runs, methods=methods)
     rep["wall_seconds"] = wall
     files = render(rep, figures=figures)     # everything rendered before anything is written
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, blob in files.items():
-        atomic_save(out_dir / name, lambda f, b=blob: f.write(b))
+    with outputs:
+        for name, blob in files.items():
+            outputs.stage(out_dir / name, lambda f, b=blob: f.write(b))
+        outputs.commit()
     _say(cfg, markdown(rep))
     _say(cfg, f"wrote {', '.join(files)} to {out_dir} ({wall:.0f} s)")
     return rep

@@ -224,7 +224,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    import signal
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler and \
+            getattr(signal.getsignal(signal.SIGINT), "__name__", "") == "_interrupted":
+        signal.signal(signal.SIGINT, signal.default_int_handler)   # start-up guard over
+    try:
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        print("unsc-fast: interrupted", file=sys.stderr)
+        return 130
     try:
         return args.func(args)
     except KeyboardInterrupt:

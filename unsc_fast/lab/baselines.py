@@ -162,8 +162,8 @@ def unsc(task: Task, lr: float | None = None, epochs: int | None = None,
     r = res.report
     return MethodResult(res.model, {"stats": r.time_stats, "bases": r.time_bases,
                                     "unlearn": r.time_unlearn},
-                        {"ranks": r.ranks, "dims": r.dims, "epoch_loss": r.epoch_loss},
-                        res.bases)
+                        {"ranks": r.ranks, "dims": r.dims, "epoch_loss": r.epoch_loss,
+                         "warnings": r.warnings}, res.bases)
 
 
 def _random_relabel(task: Task, project: bool, lr, epochs, batch_size) -> MethodResult:

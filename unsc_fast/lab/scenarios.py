@@ -50,6 +50,10 @@ class Scenario:
             raise ValueError(f"unknown scenario key(s) {sorted(unknown)};"
                              f" allowed: {sorted(cls.__dataclass_fields__)}")
         s = cls(**d)
+        bad = [c for c in (s.classes or []) if isinstance(c, bool)
+               or not isinstance(c, (int, np.integer))]
+        if bad:
+            raise ValueError(f"scenario classes must be integer class ids, got {bad}")
         s.classes = [int(c) for c in (s.classes or [])]
         if s.kind not in KINDS:
             raise ValueError(f"unknown scenario {s.kind!r}; choose one of {list(KINDS)}")
