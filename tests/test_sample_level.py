@@ -143,3 +143,27 @@ def test_lab_holdout_excludes_the_test_forget_part():
     half = split.holdout(data.test, share=0.5)
     assert len(half) == round(0.5 * len(h)) and set(half.indices) <= set(h.indices)
     assert math.isfinite(len(half))
+
+
+def test_cli_compare_runs_the_sample_mode_and_rejects_it_for_classes(tmp_path):
+    import json
+
+    from unsc_fast.cli import main
+    from unsc_fast.cli.config import ConfigError, build_config
+    cfg = tmp_path / "job.toml"
+    cfg.write_text('dataset = "synthetic"\nmodel = "mlp"\nwidth = 0.125\n'
+                   '[scenario]\nkind = "random"\nfraction = 0.1\n'
+                   '[train]\nepochs = 2\nlr = 3e-3\n[unlearn]\nepochs = 2\nmode = "sample"\n'
+                   '[compare]\nmethods = ["retrain", "unsc"]\n')
+    out = tmp_path / "out"
+    assert main(["compare", "--config", str(cfg), "--out", str(out), "--quiet",
+                 "--no-figures"]) == 0
+    r = json.loads((out / "report.json").read_text())
+    run = next(x for x in r["runs"] if x["method"] == "unsc")
+    assert run["info"]["mode"] == "sample" and run["info"]["n_holdout"] > 0
+    assert r["summary"]["retrain"]["gap_sample"]["mean"] == 0.0
+    assert "Sample-level gap" in (out / "results.md").read_text()
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[scenario]\nkind = "class"\n[unlearn]\nmode = "sample"\n')
+    with pytest.raises(ConfigError, match="sample"):
+        build_config(bad)
