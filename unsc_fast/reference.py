@@ -6,8 +6,7 @@ can be read beside the paper; each function is one step of the method:
 1. layer-input second moments ``S += XᵀX`` (conv: of receptive-field patches, exact geometry);
 2. core subspace of ``C = S / n`` by ``eigh`` and one of the rank rules;
 3. projection of a weight gradient onto the complement of the core subspace;
-4. pseudo-labels: the most likely class that is not being forgotten (sample-level mode:
-   soft targets calibrated to held-out losses, :func:`soft_targets`).
+4. pseudo-labels: the most likely class that is not being forgotten.
 
 Accumulators hold the *upper triangle* of S: fast kernels compute only that, so callers read
 S through :func:`symmetric`. The reference fills the whole matrix, which is a valid superset.
@@ -23,7 +22,7 @@ from .geometry import ConvGeometry
 __all__ = [
     "ConvGeometry", "conv_patches", "accumulate_", "accumulate_conv_", "symmetric",
     "eigh_desc", "energy_rank", "floor_rank", "threshold_rank", "project", "project_grads_",
-    "pseudo_labels", "soft_targets",
+    "pseudo_labels",
 ]
 
 
@@ -141,19 +140,3 @@ def pseudo_labels(logits: Tensor, labels: Tensor | None = None,
     else:
         raise ValueError("pseudo_labels needs forget_classes or labels")
     return masked.argmax(1)
-
-
-def soft_targets(logits: Tensor, labels: Tensor, target_loss: Tensor) -> Tensor:
-    """Log-probabilities of a soft target whose true-label cross-entropy is ``target_loss``.
-
-    The true label keeps probability ``exp(-target_loss)``; the rest of the mass is shared
-    among the other classes in the proportions the (original) model ``logits`` give them:
-    the calibrated counterpart of :func:`pseudo_labels` for sample-level forgetting.
-    """
-    logp = F.log_softmax(logits.detach().double(), 1)
-    y = labels.view(-1, 1).long()
-    t = target_loss.detach().double().clamp_min(1e-12).view(-1, 1)
-    others = logp.scatter(1, y, float("-inf"))
-    rest = torch.log(-torch.expm1(-t))                  # log(1 - e^-t), stable for small t
-    out = others - torch.logsumexp(others, 1, keepdim=True) + rest
-    return out.scatter(1, y, -t).to(logits.dtype)

@@ -14,7 +14,7 @@ from torch import nn
 
 from .bases import NullSpace, Rule, parse_rule
 from .project import project_, projected_backward
-from .reference import pseudo_labels, soft_targets
+from .reference import pseudo_labels
 from . import helpers
 from .stats import SecondMoments
 
@@ -144,23 +144,29 @@ def _losses(model: nn.Module, data: Iterable, device) -> tuple[torch.Tensor, tor
     ls, ys = [], []
     for x, y in _batches(data):
         y = y.to(device)
-        ls.append(F.cross_entropy(model(x.to(device)), y, reduction="none"))
+        ls.append(F.cross_entropy(model(x.to(device)).double(), y, reduction="none"))
         ys.append(y)
     return torch.cat(ls), torch.cat(ys)
 
 
 def _sample_mode_loss(original: nn.Module, unlearned: nn.Module, calib: LossCalibration,
                       x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """KL to the calibrated soft target over the samples whose true-label loss is still
-    below their held-out target (the others get no gradient: per-sample stopping)."""
+    """Raise each sample's true-label loss towards its held-out target, in log space.
+
+    ``log(target) - log(loss)`` over the samples whose current loss is still below their
+    target; the others get no gradient (per-sample stopping). Its gradient in the logits is
+    the direction of a soft target that keeps the other classes' proportions, at a scale
+    that does not vanish when the loss is tiny (float64: a confident sample's loss does not
+    round to 0)."""
     with torch.no_grad():
-        scores = original(x)
-        target = calib(F.cross_entropy(scores, y, reduction="none"), y)
-        logq = soft_targets(scores, y, target)
-    logp = F.log_softmax(unlearned(x), 1)
-    active = -logp.detach().gather(1, y.view(-1, 1)).squeeze(1) < target
-    kl = (logq.exp() * (logq - logp)).sum(1)
-    return (kl * active).sum() / len(x), int(active.sum())
+        target = calib(F.cross_entropy(original(x).double(), y, reduction="none"), y)
+    logits = unlearned(x)
+    loss = F.cross_entropy(logits.double(), y, reduction="none")
+    active = loss.detach() < target
+    tiny = torch.finfo(torch.float64).tiny
+    gap = torch.log(target.clamp_min(tiny)) - torch.log(loss.clamp_min(tiny))
+    return torch.where(active, gap, torch.zeros_like(gap)).sum().div(len(x)).to(logits.dtype), \
+        int(active.sum())
 
 
 def unlearn(model: nn.Module, forget: Iterable, retain: Iterable | None = None, *,
@@ -194,9 +200,9 @@ def unlearn(model: nn.Module, forget: Iterable, retain: Iterable | None = None, 
             (sample-level forgetting whose target is retrain's behaviour, not Acc_f = 0:
             forgotten samples should look like unseen samples of their classes). In
             ``"sample"`` mode each D_f sample gets a loss target from ``holdout``
-            (:class:`LossCalibration`) and is fitted to a soft target with that
-            true-label loss (:func:`~unsc_fast.reference.soft_targets`) only while its
-            current loss is below the target: a sample stops moving once it looks unseen,
+            (:class:`LossCalibration`) and its true-label loss is raised towards it (ascent
+            on the log of the loss) only while it is below the target: a sample stops
+            moving once it looks unseen,
             and the loop stops when no sample moves in a whole epoch. Gradients are still
             projected onto D_r's null space.
         holdout: ``mode="sample"`` only: (inputs, labels) batches of held-out data the
