@@ -35,6 +35,7 @@ class UnlearnReport:
     dims: dict[str, int] = field(default_factory=dict)
     forget_samples: int = 0
     warnings: list[str] = field(default_factory=list)
+    active: list[float] = field(default_factory=list)   # mode="sample": share still moving
 
     def as_dict(self) -> dict:
         """The report as plain JSON-able values (field name -> value)."""
@@ -93,13 +94,92 @@ def freeze_for_unlearning(model: nn.Module, bases: NullSpace | None, dropout: bo
     return trainable
 
 
+class LossCalibration:
+    """Sample-level targets from held-out data: the loss an unseen sample would have.
+
+    A forget sample of class c whose original loss has (mid)rank u ∈ [0, 1] among D_f's
+    class-c losses gets as target the u-quantile of the original model's losses on held-out samples
+    of class c (pooled over every class when the held-out data has fewer than
+    ``min_per_class`` samples of c). The map is monotone, so D_f's loss distribution is
+    moved onto the held-out one without reordering samples. Built only from the original
+    model, D_f and the held-out data: never from a retrained model.
+    """
+
+    def __init__(self, forget_losses: torch.Tensor, forget_labels: torch.Tensor,
+                 holdout_losses: torch.Tensor, holdout_labels: torch.Tensor,
+                 min_per_class: int = 10):
+        if len(holdout_losses) < 2:
+            raise ValueError("the held-out data needs at least 2 samples")
+        fl, fy = forget_losses.double().cpu(), forget_labels.long().cpu()
+        hl, hy = holdout_losses.double().cpu(), holdout_labels.long().cpu()
+        self.pooled = (fl.sort().values, hl.sort().values)
+        self.per_class = {}
+        for c in fy.unique().tolist():
+            h = hl[hy == c]
+            if len(h) >= max(2, min_per_class):
+                self.per_class[c] = (fl[fy == c].sort().values, h.sort().values)
+
+    @staticmethod
+    def _map(f: torch.Tensor, h: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        lo = torch.searchsorted(f, v, right=False)
+        hi = torch.searchsorted(f, v, right=True)
+        u = ((lo + hi - 1).double() / (2 * (len(f) - 1))).clamp(0, 1) if len(f) > 1 \
+            else torch.full_like(v, 0.5)
+        pos = u * (len(h) - 1)                    # D_f == held-out data: the identity
+        i0 = pos.floor().long().clamp(0, len(h) - 1)
+        i1 = (i0 + 1).clamp(max=len(h) - 1)
+        w = pos - i0
+        return h[i0] * (1 - w) + h[i1] * w
+
+    def __call__(self, losses: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Target loss of each sample, from its original loss and label."""
+        v, y = losses.detach().double().cpu(), labels.long().cpu()
+        out = self._map(*self.pooled, v)
+        for c, (f, h) in self.per_class.items():
+            m = y == c
+            if m.any():
+                out[m] = self._map(f, h, v[m])
+        return out.to(device=losses.device, dtype=losses.dtype)
+
+
+@torch.no_grad()
+def _losses(model: nn.Module, data: Iterable, device) -> tuple[torch.Tensor, torch.Tensor]:
+    ls, ys = [], []
+    for x, y in _batches(data):
+        y = y.to(device)
+        ls.append(F.cross_entropy(model(x.to(device)).double(), y, reduction="none"))
+        ys.append(y)
+    return torch.cat(ls), torch.cat(ys)
+
+
+def _sample_mode_loss(original: nn.Module, unlearned: nn.Module, calib: LossCalibration,
+                      x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Raise each sample's true-label loss towards its held-out target, in log space.
+
+    ``log(target) - log(loss)`` over the samples whose current loss is still below their
+    target; the others get no gradient (per-sample stopping). Its gradient in the logits is
+    the direction of a soft target that keeps the other classes' proportions, at a scale
+    that does not vanish when the loss is tiny (float64: a confident sample's loss does not
+    round to 0)."""
+    with torch.no_grad():
+        target = calib(F.cross_entropy(original(x).double(), y, reduction="none"), y)
+    logits = unlearned(x)
+    loss = F.cross_entropy(logits.double(), y, reduction="none")
+    active = loss.detach() < target
+    tiny = torch.finfo(torch.float64).tiny
+    gap = torch.log(target.clamp_min(tiny)) - torch.log(loss.clamp_min(tiny))
+    return torch.where(active, gap, torch.zeros_like(gap)).sum().div(len(x)).to(logits.dtype), \
+        int(active.sum())
+
+
 def unlearn(model: nn.Module, forget: Iterable, retain: Iterable | None = None, *,
             forget_classes: Sequence[int] | None = None, bases: NullSpace | None = None,
             moments: SecondMoments | None = None, rule: Rule | str = "energy:0.99",
             lr: float = 0.04, epochs: int = 20, project: bool = True,
             max_retain_samples: int | None = None, include_bias: bool = False,
             relabel: str = "pseudo", seed: int = 0, dropout: bool = False,
-            backend: str | None = None, progress: bool = True) -> UnlearnResult:
+            backend: str | None = None, progress: bool = True, mode: str = "paper",
+            holdout: Iterable | None = None) -> UnlearnResult:
     """Make ``model`` forget ``forget`` (D_f) while keeping what it knows of ``retain`` (D_r).
 
     Steps (UNSC): second moments of every layer's inputs over D_r (skipped when ``moments``
@@ -119,6 +199,18 @@ def unlearn(model: nn.Module, forget: Iterable, retain: Iterable | None = None, 
         seed: seeds the random labels.
         dropout: keep dropout active while unlearning (off by default, see
             :func:`freeze_for_unlearning`).
+        mode: ``"paper"`` (the paper's loop, class- or sample-level) or ``"sample"``
+            (sample-level forgetting whose target is retrain's behaviour, not Acc_f = 0:
+            forgotten samples should look like unseen samples of their classes). In
+            ``"sample"`` mode each D_f sample gets a loss target from ``holdout``
+            (:class:`LossCalibration`) and its true-label loss is raised towards it (ascent
+            on the log of the loss) only while it is below the target: a sample stops
+            moving once it looks unseen,
+            and the loop stops when no sample moves in a whole epoch. Gradients are still
+            projected onto D_r's null space.
+        holdout: ``mode="sample"`` only: (inputs, labels) batches of held-out data the
+            original model never trained on (a validation split, or test data of the same
+            classes); the only source of the targets.
     Returns:
         ``UnlearnResult(model, bases, report)`` with the unlearned copy.
     """
@@ -128,6 +220,12 @@ def unlearn(model: nn.Module, forget: Iterable, retain: Iterable | None = None, 
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
     if relabel not in ("pseudo", "random"):
         raise ValueError(f"relabel must be 'pseudo' or 'random', got {relabel!r}")
+    if mode not in ("paper", "sample"):
+        raise ValueError(f"mode must be 'paper' or 'sample', got {mode!r}")
+    if mode == "sample" and (holdout is None or forget_classes is not None
+                             or relabel != "pseudo"):
+        raise ValueError("mode='sample' needs holdout data, sample-level forgetting"
+                         " (forget_classes=None) and relabel='pseudo'")
     if iter(forget) is forget:
         raise TypeError("forget data must be re-iterable (a DataLoader, a list of batches), not"
                         f" a one-shot {type(forget).__name__}: it is read once per epoch")
@@ -174,8 +272,9 @@ def unlearn(model: nn.Module, forget: Iterable, retain: Iterable | None = None, 
     original_mode = original.training
     original.eval()
     try:
-        unlearned, probe, bases = _run(original, forget, bases, project, lr, epochs, relabel, seed,
-                                dropout, backend, progress, forget_classes, device, report)
+        unlearned, probe, bases = _run(original, forget, bases, project, lr, epochs, relabel,
+                                       seed, dropout, backend, progress, forget_classes, device,
+                                       report, mode, holdout)
     finally:
         original.train(original_mode)
     if probe is not None:
@@ -209,7 +308,7 @@ def _class_ids(classes) -> list[int]:
 
 
 def _run(original, forget, bases, project, lr, epochs, relabel, seed, dropout, backend,
-         progress, forget_classes, device, report):
+         progress, forget_classes, device, report, mode, holdout):
     """The training loop of :func:`unlearn`: (unlearned copy, a probe batch or None, the
     bases moved to the model)."""
     probe = None
@@ -219,6 +318,10 @@ def _run(original, forget, bases, project, lr, epochs, relabel, seed, dropout, b
         bases = bases.to(device=device, dtype=params[0].dtype)
     opt = torch.optim.SGD(params, lr=lr, momentum=0.0, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
+    calib = None
+    if mode == "sample":
+        calib = LossCalibration(*_losses(original, forget, device),
+                                *_losses(original, holdout, device))
 
     t = time.perf_counter()
     epochs_iter = range(epochs)
@@ -229,17 +332,21 @@ def _run(original, forget, bases, project, lr, epochs, relabel, seed, dropout, b
     with helpers.progress(epochs_iter, progress and epochs > 1, "unlearning") as bar, \
             in_backward as rest:
         for _ in bar:
-            total, count = 0.0, 0
+            total, count, moving = 0.0, 0, 0
             for x, y in _batches(forget):
                 x, y = x.to(device), y.to(device)
                 if probe is None:
                     probe = x[:256].detach()
-                with torch.no_grad():
-                    scores = original(x)
-                    if relabel == "random":
-                        scores = torch.rand(scores.shape, generator=gen).to(scores)
-                    target = pseudo_labels(scores, y, forget_classes)
-                loss = F.cross_entropy(unlearned(x), target)
+                if calib is not None:
+                    loss, n_active = _sample_mode_loss(original, unlearned, calib, x, y)
+                    moving += n_active
+                else:
+                    with torch.no_grad():
+                        scores = original(x)
+                        if relabel == "random":
+                            scores = torch.rand(scores.shape, generator=gen).to(scores)
+                        target = pseudo_labels(scores, y, forget_classes)
+                    loss = F.cross_entropy(unlearned(x), target)
                 value = loss.item()
                 if not math.isfinite(value):
                     raise FloatingPointError(
@@ -254,6 +361,10 @@ def _run(original, forget, bases, project, lr, epochs, relabel, seed, dropout, b
                 total += value * len(x)
                 count += len(x)
             report.epoch_loss.append(total / count)
+            if calib is not None:
+                report.active.append(moving / count)
+                if moving == 0:          # every sample looks unseen: stop
+                    break
     report.time_unlearn = time.perf_counter() - t
     return unlearned, probe, bases
 

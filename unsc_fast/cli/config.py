@@ -39,6 +39,9 @@ DEFAULTS: dict[str, Any] = {
     "unlearn": {                 # UNSC (and the defaults of the D_f-based baselines)
         "lr": 0.04, "epochs": 20, "batch_size": 64, "rule": "energy:0.99",
         "max_retain_samples": None, "include_bias": False,
+        # "paper", or "sample": sample-level forgetting calibrated to held-out data (the
+        # `holdout_share` of the test split outside its forget part); subclass/random only
+        "mode": "paper", "holdout_share": 0.5,
     },
     "evaluate": {"batch_size": 512, "mia": True, "mia_feature": "confidence"},
     "compare": {
@@ -252,6 +255,14 @@ def validate(cfg: Config) -> None:
     string("scenario.kind", choices=("class", "classes", "subclass", "random"))
     string("train.optimizer", choices=("adam", "sgd"))
     string("evaluate.mia_feature", choices=("confidence", "entropy", "both"))
+    string("unlearn.mode", choices=("paper", "sample"))
+    share = cfg["unlearn.holdout_share"]
+    if not (_is_number(share) and 0 < share <= 1):
+        raise ConfigError(f"{_label('unlearn.holdout_share')} must be a number in (0, 1],"
+                          f" got {share!r}")
+    if cfg["unlearn.mode"] == "sample" and cfg["scenario.kind"] not in ("subclass", "random"):
+        raise ConfigError(f"{_label('unlearn.mode')} 'sample' is for the subclass and random"
+                          f" scenarios, not {cfg['scenario.kind']!r}")
     for key in ("quiet", "unlearn.include_bias", "evaluate.mia"):
         boolean(key)
     for key in ("train.batch_size", "unlearn.batch_size", "evaluate.batch_size",

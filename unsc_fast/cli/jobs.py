@@ -188,6 +188,13 @@ def _scenario_key(cfg: Config) -> dict:
             "scenario": Scenario.from_dict(cfg["scenario"]).as_dict()}
 
 
+def _holdout(cfg: Config, split: ScenarioSplit, data: DataSplit):
+    """Held-out data for UNSC's sample mode (None for class-level scenarios)."""
+    if split.forget_classes is not None:
+        return None
+    return split.holdout(data.test, cfg["unlearn.holdout_share"], cfg["data_seed"])
+
+
 def _task(cfg: Config, model, split: ScenarioSplit, seed: int, **kw) -> Task:
     return Task(model=model, split=split, model_name=cfg["model"], width=cfg["width"],
                 input_shape=tuple(cfg_input_shape(split)), train=dict(cfg["train"]),
@@ -413,7 +420,8 @@ def unlearn_job(cfg: Config, checkpoint, out, *, stats=None, bases=None, method:
         null_space, job = ck.load_bases(bases, model)
         _check_job("bases file", bases, job, cfg, meta.get("fingerprint"))
     seed = cfg["seed"]
-    task = _task(cfg, model, split, seed, moments=moments, bases=null_space)
+    task = _task(cfg, model, split, seed, moments=moments, bases=null_space,
+                 holdout=_holdout(cfg, split, data))
     hp = dict(cfg["methods"].get(method, {}))
     accepted = inspect.signature(METHODS[method]).parameters
     for key in ("lr", "epochs", "batch_size"):     # a flag --lr etc. reaches any method
@@ -560,7 +568,8 @@ def compare_job(cfg: Config, out_dir, figures: bool = True) -> dict:
                             max_samples=cfg["unlearn.max_retain_samples"],
                             progress=_progress(cfg))
             t_stats = time.perf_counter() - t
-        task = _task(cfg, original, split, seed, moments=moments)
+        task = _task(cfg, original, split, seed, moments=moments,
+                     holdout=_holdout(cfg, split, data))
         for m in methods:
             res = run_method(m, task, **cfg["methods"].get(m, {}))
             times = dict(res.times)

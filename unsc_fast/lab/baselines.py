@@ -50,6 +50,7 @@ class Task:
     backend: str | None = None
     moments: object | None = None    # precomputed SecondMoments (unsc)
     bases: object | None = None      # precomputed NullSpace (unsc)
+    holdout: object | None = None    # held-out Dataset (unsc mode="sample")
 
     @property
     def forget_classes(self) -> list[int] | None:
@@ -144,13 +145,21 @@ def retrain(task: Task, epochs: int | None = None, lr: float | None = None) -> M
 def unsc(task: Task, lr: float | None = None, epochs: int | None = None,
          rule: str | None = None, max_retain_samples: int | None = None,
          include_bias: bool | None = None, batch_size: int | None = None,
-         dropout: bool = False) -> MethodResult:
+         dropout: bool = False, mode: str | None = None) -> MethodResult:
     """UNSC: pseudo-labels from θ_o, every weight gradient projected onto D_r's null space.
 
     ``dropout=True`` leaves dropout active while unlearning (plain ``model.train()``
-    behaviour); the default switches it off (see the module docstring).
+    behaviour); the default switches it off (see the module docstring). ``mode``:
+    ``"paper"`` or ``"sample"`` (held-out-calibrated sample-level forgetting, see
+    :func:`unsc_fast.unlearn`; needs ``task.holdout`` and a sample-level scenario); default
+    the ``[unlearn] mode`` setting, else ``"paper"``.
     """
     u = task.unlearn
+    mode = mode or u.get("mode") or "paper"
+    if mode == "sample" and (task.holdout is None or task.forget_classes is not None):
+        raise ValueError("unsc mode 'sample' needs a sample-level scenario (subclass or"
+                         " random) and held-out data")
+    holdout = loader(task.holdout, 256) if mode == "sample" else None
     res = unlearn(task.model, task.forget_loader(batch_size), task.retain_loader(256),
                   forget_classes=task.forget_classes, bases=task.bases, moments=task.moments,
                   rule=rule or u["rule"], lr=lr or u["lr"],
@@ -158,12 +167,14 @@ def unsc(task: Task, lr: float | None = None, epochs: int | None = None,
                   max_retain_samples=max_retain_samples or u.get("max_retain_samples"),
                   include_bias=u.get("include_bias", False) if include_bias is None
                   else include_bias, seed=task.seed, dropout=dropout, backend=task.backend,
-                  progress=task.progress)
+                  progress=task.progress, mode=mode, holdout=holdout)
     r = res.report
+    info = {"ranks": r.ranks, "dims": r.dims, "epoch_loss": r.epoch_loss,
+            "warnings": r.warnings}
+    if mode == "sample":
+        info.update(mode=mode, active=r.active, n_holdout=len(task.holdout))
     return MethodResult(res.model, {"stats": r.time_stats, "bases": r.time_bases,
-                                    "unlearn": r.time_unlearn},
-                        {"ranks": r.ranks, "dims": r.dims, "epoch_loss": r.epoch_loss,
-                         "warnings": r.warnings}, res.bases)
+                                    "unlearn": r.time_unlearn}, info, res.bases)
 
 
 def _random_relabel(task: Task, project: bool, lr, epochs, batch_size) -> MethodResult:

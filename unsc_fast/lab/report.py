@@ -18,7 +18,7 @@ Schema ``unsc_fast.report/1`` (every accuracy and MIA number in percent, times i
       "runs": [{
           "method": str, "seed": int,
           "metrics": {"acc_r", "acc_f", "acc_test", "acc_dr", "acc_df", "mia_efficacy",
-                      "mia_loss_acc", "gap_test", "avg_gap": float | null,
+                      "mia_loss_acc", "gap_test", "avg_gap", "gap_sample": float | null,
                       "per_class": [float | null], "time_eval": float},
           "times": {phase: float, ..., "total": float},
           "info": {...}               # method extras (ranks, losses, ...)
@@ -28,7 +28,8 @@ Schema ``unsc_fast.report/1`` (every accuracy and MIA number in percent, times i
 
 ``gap_test`` is the mean absolute difference to the retrained model of the same seed over
 test Acc_r and Acc_f; ``avg_gap`` (SalUn's "average gap") over D_r and D_f train accuracy,
-test Acc_r and Acc_f and MIA-efficacy. ``summary`` metrics: those of ``metrics`` (without
+test Acc_r and Acc_f and MIA-efficacy; ``gap_sample`` (the sample-level target) over test
+Acc_r and Acc_f, D_f train accuracy and both MIAs. ``summary`` metrics: those of ``metrics`` (without
 ``per_class``) plus ``time`` (the method's total seconds).
 """
 from __future__ import annotations
@@ -39,10 +40,11 @@ import math
 
 SCHEMA = "unsc_fast.report/1"
 METRICS = ("acc_r", "acc_f", "acc_test", "acc_dr", "acc_df", "mia_efficacy", "mia_loss_acc",
-           "gap_test", "avg_gap")
+           "gap_test", "avg_gap", "gap_sample")
 SUMMARY_METRICS = METRICS + ("time",)
 GAP_TEST = ("acc_r", "acc_f")
 GAP_ALL = ("acc_dr", "acc_df", "acc_r", "acc_f", "mia_efficacy")
+GAP_SAMPLE = ("acc_r", "acc_f", "acc_df", "mia_efficacy", "mia_loss_acc")
 LABELS = {"original": "original", "retrain": "retrain", "unsc": "UNSC",
           "finetune": "fine-tune", "grad_ascent": "gradient ascent",
           "random_labels": "random labels", "random_labels_proj": "random labels + proj.",
@@ -61,6 +63,7 @@ def add_gaps(runs: list[dict], reference: str = "retrain") -> str | None:
         ref = refs.get(r["seed"])
         r["metrics"]["gap_test"] = _gap(r["metrics"], ref, GAP_TEST) if ref else None
         r["metrics"]["avg_gap"] = _gap(r["metrics"], ref, GAP_ALL) if ref else None
+        r["metrics"]["gap_sample"] = _gap(r["metrics"], ref, GAP_SAMPLE) if ref else None
     return reference if refs else None
 
 
@@ -182,6 +185,11 @@ def markdown(report: dict) -> str:
                      f" {_fmt(s['acc_dr'])} | {_fmt(s['acc_df'])} | {_fmt(s['mia_efficacy'])} |"
                      f" {_fmt(s['mia_loss_acc'])} | {_fmt(s['gap_test'])} |"
                      f" {_fmt(s['time'], 1)} |")
+    if sc.get("forget_classes") is None and report.get("reference"):
+        lines += ["", "Sample-level gap to retrain (mean |Δ| of Acc_r, Acc_f, D_f train,"
+                  " MIA-efficacy and loss-MIA; points): " + ", ".join(
+                      f"{LABELS.get(m, m)} {_fmt(report['summary'][m]['gap_sample'])}"
+                      for m in report["methods"]) + "."]
     lines += ["", "Acc_r / Acc_f: mean per-class test accuracy over the remaining / forgotten"
               " part. MIA-efficacy: share of D_f an SVC calls non-member (SalUn; retrain-like"
               " is the goal). loss-MIA: attack accuracy D_f vs. unseen test samples of the"

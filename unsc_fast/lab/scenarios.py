@@ -164,6 +164,20 @@ class ScenarioSplit:
     test_forget: torch.Tensor | None     # bool mask over the test split (None: random)
     num_classes: int
 
+    def holdout(self, test, share: float = 0.5, seed: int = 0) -> Subset:
+        """Held-out data for UNSC's sample mode: a fixed random ``share`` of the test samples
+        outside the test forget part (the samples Acc_f is measured on are never used).
+
+        MNIST 5k has no validation split, so this stands in for the user's own held-out
+        data; the evaluation still uses the whole test split (docs/reproduction.md)."""
+        keep = torch.ones(len(test), dtype=torch.bool)
+        if self.test_forget is not None:
+            keep &= ~self.test_forget
+        idx = torch.nonzero(keep).flatten()
+        g = torch.Generator().manual_seed(seed)
+        n = max(2, int(round(share * len(idx))))
+        return Subset(test, idx[torch.randperm(len(idx), generator=g)[:n]].sort().values.tolist())
+
     def info(self) -> dict:
         return {**self.scenario.as_dict(), "kind": self.scenario.kind,
                 "description": self.scenario.describe(),
