@@ -7,14 +7,14 @@ r; the basis stored is whichever of U_r (``subtract=True``: G ← G − (G U_r)U
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from . import helpers
+from . import helpers, layers
+from .layers import KINDS
 from . import reference as ref
 from .io import atomic_save
 from .layer_basis import METHODS, LayerBasis, layer_basis
@@ -52,14 +52,17 @@ class NullSpace(Mapping[str, LayerBasis]):
 
         Use it to match the gradients before :func:`unsc_fast.project_`.
         """
-        return NullSpace({n: lb.to(device, dtype) for n, lb in self._layers.items()})
+        moved: dict[int, LayerBasis] = {}  # shared bases stay shared
+        return NullSpace({n: moved.setdefault(id(lb), lb.to(device, dtype))
+                          for n, lb in self._layers.items()})
 
     def check(self, model: nn.Module) -> None:
         """Check that these bases fit ``model``'s layers; raise before any training starts.
 
         Every basis name must be a module of ``model`` (``KeyError`` listing those that are
-        not), that module an ``nn.Linear`` or ``nn.Conv2d`` (``TypeError``), and its shape
-        must match (``ValueError``): the layer kind; ``d`` = in_features (Linear) or
+        not), that module a covered layer (``TypeError``; :mod:`unsc_fast.layers`), and its
+        shape must match (``ValueError``): the layer kind; ``d`` = input features (Linear,
+        Conv1D) or
         in_channels/groups·kh·kw (Conv2d), +1 when ``include_bias`` (and the layer then has
         a bias); one basis per conv group (one for a Linear); each basis with ``d`` rows.
         Device and dtype are not checked (see :meth:`to`).
@@ -70,17 +73,16 @@ class NullSpace(Mapping[str, LayerBasis]):
             raise KeyError(f"the bases name layers the model lacks: {missing}")
         for name, lb in self._layers.items():
             m = modules[name]
-            if isinstance(m, nn.Conv2d):
-                kind, groups = "conv2d", m.groups
-                k = m.in_channels // m.groups * math.prod(m.kernel_size)
+            kind = layers.kind_of(m)
+            if kind is None:
+                raise TypeError(f"layer {name!r} is a {type(m).__name__}; bases apply only"
+                                f" to {layers.SUPPORTED_NAMES}")
+            groups, k = layers.groups_of(m), layers.input_dim(m)
+            if kind == "conv2d":
                 what = (f"in_channels/groups*kh*kw = {m.in_channels}/{m.groups}"
                         f"*{'*'.join(map(str, m.kernel_size))} = {k}")
-            elif isinstance(m, nn.Linear):
-                kind, groups, k = "linear", 1, m.in_features
-                what = f"in_features = {k}"
             else:
-                raise TypeError(f"layer {name!r} is a {type(m).__name__}; bases apply only"
-                                " to nn.Linear and nn.Conv2d")
+                what = f"input features = {k}"
             if lb.kind != kind:
                 raise ValueError(f"layer {name!r} is {kind}, but its bases are of kind"
                                  f" {lb.kind!r}")
@@ -128,13 +130,16 @@ class NullSpace(Mapping[str, LayerBasis]):
         moments.check_finite()
         if distribute:
             from .distributed import distributed_bases
-            return cls(distributed_bases(moments, rule, include_bias=include_bias, store=store,
-                                         dtype=dtype, group=group, progress=progress,
-                                         method=method))
-        with helpers.progress(list(moments.moments.items()), progress, "bases") as items:
-            return cls({name: layer_basis(name, lm, rule, include_bias=include_bias,
-                                          store=store, dtype=dtype, method=method)
-                        for name, lm in items})
+            own = distributed_bases(moments, rule, include_bias=include_bias, store=store,
+                                    dtype=dtype, group=group, progress=progress, method=method)
+        else:
+            with helpers.progress(list(moments.moments.items()), progress, "bases") as items:
+                own = {name: layer_basis(name, lm, rule, include_bias=include_bias,
+                                         store=store, dtype=dtype, method=method)
+                       for name, lm in items}
+        # Layers that shared one input share one statistic, hence one basis (the same object:
+        # decomposed once, stored once).
+        return cls({name: own[moments.shared.get(name, name)] for name in moments.layers})
 
     @classmethod
     def grow(cls, per_step: Sequence[SecondMoments],
@@ -164,7 +169,7 @@ class NullSpace(Mapping[str, LayerBasis]):
                 cores[name] = [_grow_core(U, Cg, e) for U, Cg in zip(cores[name], C)]
         if not cores:
             raise ValueError("no statistics were accumulated in any step (is D_r empty?)")
-        layers = {}
+        found = {}
         for name, Us in cores.items():
             lm = per_step[0].moments[name]
             d = Us[0].shape[0]
@@ -173,19 +178,26 @@ class NullSpace(Mapping[str, LayerBasis]):
                 B, sub = _complete(U, store)
                 bases.append(B.to(dtype))
                 subs.append(sub)
-            layers[name] = LayerBasis(lm.kind, d, bases, subs, [U.shape[1] for U in Us],
+            found[name] = LayerBasis(lm.kind, d, bases, subs, [U.shape[1] for U in Us],
                                       per_step[0].include_bias)
-        return cls(layers)
+        first = per_step[0]
+        return cls({name: found[first.shared.get(name, name)] for name in first.layers})
 
     # -- persistence -----------------------------------------------------------------------
     def state_dict(self) -> tuple[dict[str, Tensor], dict]:
         """``(tensors, meta)`` as :meth:`save` writes them.
 
         ``tensors`` maps ``"<layer>/<group>"`` to that group's (d, m) basis; ``meta`` maps each
-        layer to ``{"kind", "d", "subtract", "ranks", "include_bias"}`` (JSON-serialisable).
+        layer to ``{"kind", "d", "subtract", "ranks", "include_bias"}`` (JSON-serialisable), or
+        to ``{"same_as": leader}`` when it shares the basis of an earlier layer.
         """
         tensors, meta = {}, {}
+        first: dict[int, str] = {}
         for name, lb in self._layers.items():
+            if id(lb) in first:
+                meta[name] = {"same_as": first[id(lb)]}
+                continue
+            first[id(lb)] = name
             for g, B in enumerate(lb.bases):
                 tensors[f"{name}/{g}"] = B.contiguous()
             meta[name] = {"kind": lb.kind, "d": lb.d, "subtract": lb.subtract,
@@ -233,10 +245,17 @@ class NullSpace(Mapping[str, LayerBasis]):
                 raise bad("its 'tensors' entry is missing or not a dict")
         if not isinstance(meta, dict):
             raise bad(f"its metadata is a {type(meta).__name__}, not a dict of layers")
-        layers = {}
+        found = {}
         for name, m in meta.items():
-            layers[name] = _layer_from(name, m, tensors, bad)
-        out = cls(layers)
+            if isinstance(m, dict) and set(m) == {"same_as"}:
+                lead = m["same_as"]
+                if not isinstance(lead, str) or not isinstance(found.get(lead), LayerBasis):
+                    raise bad(f"layer {name!r} shares the basis of {lead!r}, which comes"
+                              " nowhere before it")
+                found[name] = found[lead]
+                continue
+            found[name] = _layer_from(name, m, tensors, bad)
+        out = cls(found)
         try:
             out.validate()
         except ValueError as exc:
@@ -251,7 +270,7 @@ class NullSpace(Mapping[str, LayerBasis]):
         float64). :meth:`load` calls it, so an edited or damaged file is refused.
         """
         for name, lb in self._layers.items():
-            if lb.kind not in ("linear", "conv2d") or lb.groups < 1 or \
+            if lb.kind not in KINDS or lb.groups < 1 or \
                     not (len(lb.subtract) == len(lb.ranks) == lb.groups):
                 raise ValueError(f"layer {name!r}: kind {lb.kind!r}, {lb.groups} bases,"
                                  f" {len(lb.subtract)} flags, {len(lb.ranks)} ranks")
@@ -290,15 +309,24 @@ class NullSpace(Mapping[str, LayerBasis]):
             out.append("every layer's null space is empty: unlearning will change no weight")
         return out
 
-    def summary(self) -> str:
-        """A markdown table: layer, kind, d, core rank, stored basis."""
+    def summary(self, model: nn.Module | None = None) -> str:
+        """A markdown table: layer, kind, d, core rank, stored basis (or the layer whose basis
+        it shares). With ``model``, a last line lists its trainable weights no basis covers."""
         rows = ["| layer | kind | d | core rank r | stored |", "|---|---|---|---|---|"]
+        first: dict[int, str] = {}
         for name, lb in self._layers.items():
             ranks = "/".join(map(str, lb.ranks)) if lb.groups <= 4 else \
                 f"{min(lb.ranks)}..{max(lb.ranks)} ({lb.groups} groups)"
             stored = "U_r" if all(lb.subtract) else "U_0" if not any(lb.subtract) else "mixed"
+            if id(lb) in first:
+                stored = f"shared with {first[id(lb)]}"
+            first.setdefault(id(lb), name)
             rows.append(f"| {name} | {lb.kind} | {lb.d} | {ranks} | {stored} |")
         rows += [f"\nwarning: {w}" for w in self.warnings()]
+        if model is not None:
+            left = layers.unprotected_parameters(model, self._layers)
+            rows.append("\nunprotected trainable weights (not covered by a basis; frozen by"
+                        f" freeze_for_unlearning): {', '.join(left) if left else 'none'}")
         return "\n".join(rows)
 
 

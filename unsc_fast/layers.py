@@ -14,14 +14,15 @@ kind         module                     input vector x          weight layout
 GPT-2's attention and MLP layers are ``Conv1D``: recognised by duck typing (class name and
 ``nf``/``nx``-shaped weight), so transformers is never imported here. Embeddings are not
 covered (their "inputs" are token ids); a weight shared between modules (an output head tied
-to the embedding) is left out of the default selection and refused by name: one use's basis
-does not protect the other use, so a tied weight stays frozen.
+to the embedding) is left out of the default selection and of patterns, so it stays frozen:
+one use's basis does not protect the other use. Naming it explicitly warns.
 """
 from __future__ import annotations
 
 import collections
 import fnmatch
 import math
+import warnings
 from collections.abc import Iterable
 
 from torch import nn
@@ -83,7 +84,9 @@ def select_layers(model: nn.Module, names: Iterable[str] | str | None = None
 
     ``names``: None for every covered layer whose weight is not tied to another module's;
     else module names or ``fnmatch`` patterns (``"model.layers.*.mlp.*"``), each of which must
-    match at least one module, and every match must be a covered, untied layer.
+    match at least one module. A pattern takes the covered untied layers it matches; a name
+    must be a covered layer, and naming a tied one warns (never silently: its basis protects
+    one use of the weight only).
     """
     modules = dict(model.named_modules())
     tied = tied_modules(model)
@@ -100,8 +103,8 @@ def select_layers(model: nn.Module, names: Iterable[str] | str | None = None
         hits = [pat] if pat in modules else [n for n in modules if fnmatch.fnmatchcase(n, pat)]
         if not hits:
             raise KeyError(f"no module named or matching {pat!r} in {type(model).__name__}")
-        if pat not in modules:  # a pattern takes the covered layers it matches
-            hits = [n for n in hits if kind_of(modules[n])]
+        if pat not in modules:  # a pattern takes the covered, untied layers it matches
+            hits = [n for n in hits if kind_of(modules[n]) and n not in tied]
             if not hits:
                 raise TypeError(f"pattern {pat!r} matches no supported layer ({SUPPORTED_NAMES})")
         for n in hits:
@@ -109,15 +112,16 @@ def select_layers(model: nn.Module, names: Iterable[str] | str | None = None
                 raise TypeError(f"module {n!r} is a {type(modules[n]).__name__}, not of a supported"
                                 f" type ({SUPPORTED_NAMES})")
             if n in tied:
-                raise ValueError(f"layer {n!r} shares its weight with another module (tied"
-                                 " weights): a basis from this use would not protect the other,"
-                                 " so it stays frozen; leave it out")
+                warnings.warn(f"layer {n!r} shares its weight with another module (tied"
+                              " weights): its basis protects only this use of the weight;"
+                              " leave it out to keep the weight frozen", stacklevel=3)
             chosen[n] = modules[n]
     return chosen
 
 
 def unprotected_parameters(model: nn.Module, covered: Iterable[str]) -> list[str]:
-    """Trainable parameters (by name) that no basis covers: the weights and biases of layers
-    outside ``covered`` (biases of covered layers count as covered only with bias bases)."""
+    """Trainable weights (parameters of 2 or more dims, by name) of modules outside ``covered``,
+    embeddings and tied heads included: no basis protects them."""
     covered = {f"{n}.weight" for n in covered}
-    return [n for n, p in model.named_parameters() if p.requires_grad and n not in covered]
+    return [n for n, p in model.named_parameters()
+            if p.requires_grad and p.dim() >= 2 and n not in covered]

@@ -69,9 +69,12 @@ def project_(model_or_params: nn.Module | Mapping[str, Tensor] | Iterable[tuple[
             continue
         # Rows are projected independently, so a row shard (FSDP2) is projected locally.
         grad, row0 = local_rows(W.grad, name)
+        rows_total = W.grad.shape[0]
+        if lb.kind == "conv1d":
+            grad, rows_total = _conv1d_rows(name, W.grad, grad), W.grad.shape[1]
         bgrad = _bias_rows(name, lb, b, grad, row0)
-        G = _gradient_matrix(name, lb, grad, bgrad, W.grad.shape[0])
-        per_group = W.grad.shape[0] // lb.groups
+        G = _gradient_matrix(name, lb, grad, bgrad, rows_total)
+        per_group = rows_total // lb.groups
         for g in range(lb.groups):
             lo, hi = max(row0, g * per_group), min(row0 + len(G), (g + 1) * per_group)
             if hi > lo:
@@ -86,6 +89,15 @@ def project_(model_or_params: nn.Module | Mapping[str, Tensor] | Iterable[tuple[
         grad.copy_(G[:, :k].view_as(grad))
         if bgrad is not None:
             bgrad.copy_(G[:, k])
+
+
+def _conv1d_rows(name: str, full: Tensor, local: Tensor) -> Tensor:
+    """The (out, in) view Wᵀ of a transformers Conv1D gradient (weight (in, out)): its rows
+    are what the basis acts on. A shard of the input dimension cannot be projected locally."""
+    if local.shape != full.shape:
+        raise ValueError(f"layer {name!r}: a Conv1D gradient sharded on its input dimension"
+                         " cannot be projected locally; shard it on dim 1 or replicate it")
+    return local.mT
 
 
 def _bias_rows(name: str, lb: LayerBasis, b: Tensor | None, grad: Tensor, row0: int
@@ -125,6 +137,8 @@ def _gradient_matrix(name: str, lb: LayerBasis, grad: Tensor, bgrad: Tensor | No
         return torch.cat([grad.reshape(rows, k), bgrad.view(rows, 1)], 1)
     if grad.is_contiguous():
         return grad.view(rows, k)
+    if grad.dim() == 2:  # a strided view (e.g. Conv1D's Wᵀ): the op takes it as it is
+        return grad
     return grad.reshape(rows, k).contiguous()
 
 

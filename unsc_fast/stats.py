@@ -212,9 +212,7 @@ class SecondMoments:
             return None
         lead = self.shared.get(seen[0], seen[0])
         a, b = self.moments[lead], self.moments.get(name) or self.moments[self.shared[name]]
-        vector_kinds = {"linear", "conv1d"}
-        same = (a.kind in vector_kinds and b.kind in vector_kinds) or (
-            a.kind == b.kind == "conv2d" and a.geometry == b.geometry)
+        same = a.kind == b.kind and a.geometry == b.geometry
         if same and a.S.shape == b.S.shape and (a.colsum is None) == (b.colsum is None):
             return lead
         return None
@@ -247,8 +245,8 @@ class SecondMoments:
         or ``BatchEncoding`` of tensors, passed as ``model(**batch)``). With an
         ``attention_mask`` in a mapping, only the positions where it is 1 are counted.
         ``max_samples`` caps the number of samples (sequences), ``max_tokens`` the number of
-        counted tokens (whole sequences: the batch that crosses it is cut, keeping at least
-        one). Raises on empty data.
+        counted tokens (whole sequences: the batch that crosses it is cut; the first sequence
+        is always taken). Raises on empty data.
 
         A batch the model cannot take (wrong shape, dtype or device) raises before any layer
         has seen it: each new input shape is first tried on one sample without the hooks.
@@ -268,7 +266,7 @@ class SecondMoments:
                     if max_samples is not None:
                         inputs = _rows(inputs, max(0, max_samples - seen))
                     if max_tokens is not None:
-                        inputs = _within_tokens(inputs, max_tokens - tokens)
+                        inputs = _within_tokens(inputs, max_tokens - tokens, first=tokens == 0)
                     n = _batch_len(inputs)
                     if n == 0:
                         break
@@ -336,8 +334,9 @@ class SecondMoments:
     # -- combining and saving -----------------------------------------------------------
     def merge_(self, other: "SecondMoments") -> "SecondMoments":
         """Add the statistics of ``other`` (same layers) into ``self``."""
-        if other.moments.keys() != self.moments.keys():
-            raise ValueError("cannot merge statistics of different layer sets")
+        if other.moments.keys() != self.moments.keys() or other.shared != self.shared:
+            raise ValueError("cannot merge statistics of different layer sets (or of layers"
+                             " that share inputs differently)")
         for name, lm in self.moments.items():
             o = other.moments[name]
             if o.S.shape != lm.S.shape:
@@ -363,22 +362,42 @@ class SecondMoments:
 
     def state_dict(self) -> dict:
         """Per layer: kind, upper-triangular S, n, colsum and the conv geometry as plain
-        values (loadable with ``torch.load(weights_only=True)``)."""
-        return {name: {"kind": lm.kind, "S": torch.triu(lm.S), "n": lm.n, "colsum": lm.colsum,
-                       "geometry": None if lm.geometry is None else asdict(lm.geometry)}
-                for name, lm in self.moments.items()}
+        values (loadable with ``torch.load(weights_only=True)``); a layer that shares another's
+        statistic is stored as ``{"same_as": leader}``."""
+        state = {}
+        for name in self.layers:
+            if name in self.shared:
+                state[name] = {"same_as": self.shared[name]}
+                continue
+            lm = self.moments[name]
+            state[name] = {"kind": lm.kind, "S": torch.triu(lm.S), "n": lm.n,
+                           "colsum": lm.colsum,
+                           "geometry": None if lm.geometry is None else asdict(lm.geometry)}
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         """Replace the statistics with those of :meth:`state_dict` (same layers and shapes;
         checked for every layer before any is written)."""
-        if state.keys() != self.moments.keys():
+        if set(state) != set(self.layers):
             raise ValueError(f"statistics are for layers {sorted(state)}, this model has"
-                             f" {sorted(self.moments)}")
+                             f" {sorted(self.layers)}")
+        shared = {n: s["same_as"] for n, s in state.items() if "same_as" in s}
+        for name, lead in shared.items():
+            if lead not in state or "same_as" in state[lead]:
+                raise ValueError(f"layer {name!r} shares the statistic of {lead!r}, which is"
+                                 " not a stored statistic")
+        state = {n: s for n, s in state.items() if n not in shared}
+        own = {n: self.moments.get(n) or _new_moments(self._modules[n], self.dtype,
+                                                      self.include_bias,
+                                                      None if self.device is None
+                                                      else torch.device(self.device))
+               for n in state}
         for name, s in state.items():
-            if tuple(s["S"].shape) != tuple(self.moments[name].S.shape):
+            if tuple(s["S"].shape) != tuple(own[name].S.shape):
                 raise ValueError(f"layer {name!r}: saved S is {tuple(s['S'].shape)}, the model"
-                                 f" needs {tuple(self.moments[name].S.shape)}")
+                                 f" needs {tuple(own[name].S.shape)}")
             check_saved_moments(name, s["S"], s["n"], s.get("colsum"))
+        self.moments, self.shared, self._sharing_known = own, shared, True
         for name, s in state.items():
             lm = self.moments[name]
             lm.S.copy_(s["S"])
@@ -401,7 +420,8 @@ class SecondMoments:
             raise ValueError(f"{str(path)!r} is not a statistics file of SecondMoments.save"
                              f" ({str(exc).splitlines()[0]})") from None
         if not isinstance(state, dict) or not all(
-                isinstance(v, dict) and "S" in v for v in state.values()):
+                isinstance(v, dict) and ("S" in v or set(v) == {"same_as"})
+                for v in state.values()):
             raise ValueError(f"{str(path)!r} is not a statistics file of SecondMoments.save")
         self.load_state_dict(state)
         return self
@@ -451,8 +471,9 @@ def _token_count(inputs: dict) -> int:
     return ids.numel() if ids.dim() <= 2 else len(ids)
 
 
-def _within_tokens(inputs: dict, budget: int) -> dict:
-    """The leading sequences whose tokens fit ``budget`` (at least one while budget > 0)."""
+def _within_tokens(inputs: dict, budget: int, first: bool) -> dict:
+    """The leading sequences whose tokens fit ``budget``; the ``first`` batch keeps at least
+    one, so a budget below one sequence's length still gives statistics."""
     if budget <= 0:
         return _rows(inputs, 0)
     mask = inputs.get("attention_mask")
@@ -464,7 +485,7 @@ def _within_tokens(inputs: dict, budget: int) -> dict:
     else:
         per = torch.ones(len(ids), dtype=torch.long)
     fits = int((torch.cumsum(per, 0) <= budget).sum())
-    return _rows(inputs, max(fits, 1))
+    return _rows(inputs, max(fits, 1) if first else fits)
 
 
 def check_saved_moments(name: str, S, n, colsum=None) -> None:

@@ -17,7 +17,7 @@ from torch import nn
 from .bases import NullSpace, Rule, parse_rule
 from .project import project_, projected_backward
 from .reference import pseudo_labels
-from . import helpers
+from . import helpers, layers
 from .stats import SecondMoments
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -79,7 +79,7 @@ def freeze_for_unlearning(model: nn.Module, bases: NullSpace | None, dropout: bo
     trainable: list[nn.Parameter] = []
     modules = dict(model.named_modules())
     if bases is None:
-        names = [n for n, m in modules.items() if isinstance(m, (nn.Linear, nn.Conv2d))]
+        names = [n for n, m in modules.items() if layers.kind_of(m)]
     else:
         names = list(bases)
     for p in model.parameters():
