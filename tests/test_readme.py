@@ -14,5 +14,7 @@ def test_readme_has_examples():
 
 @pytest.mark.parametrize("code", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
 def test_readme_example_runs(code, tmp_path, monkeypatch):
+    if "transformers" in code:
+        pytest.importorskip("transformers")  # the optional [hf] extra
     monkeypatch.chdir(tmp_path)
     exec(compile(code, str(README), "exec"), {"__name__": "readme"})
