@@ -446,3 +446,11 @@ def test_version(capsys):
         main(["--version"])
     assert exc.value.code == 0 and capsys.readouterr().out.strip() == \
         f"unsc-fast {unsc_fast.__version__}"
+
+
+def test_stats_dtype_is_a_checked_setting():
+    from unsc_fast.cli.config import ConfigError, build_config
+    assert build_config(None, {"stats_dtype": "float64"})["unlearn.stats_dtype"] == "float64"
+    assert build_config(None, {})["unlearn.stats_dtype"] == "float32"
+    with pytest.raises(ConfigError, match="stats_dtype"):
+        build_config(None, {"stats_dtype": "float16"})

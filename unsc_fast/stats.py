@@ -315,7 +315,7 @@ class SecondMoments:
         bad = [n for n, lm in self.moments.items()
                if not torch.isfinite(torch.diagonal(lm.S, dim1=-2, dim2=-1)).all()]
         if bad:
-            hint = " or use float64 statistics (dtype=torch.float64)" \
+            hint = " or use float64 statistics (dtype=torch.float64; --stats-dtype float64)" \
                 if self.dtype == torch.float32 else ""
             raise ValueError(f"second moments of layers {bad} contain NaN or Inf (inputs"
                              " were non-finite or overflowed); check the model and the data"
@@ -324,7 +324,7 @@ class SecondMoments:
         for n, lm in self.moments.items():
             peak = None if lm.peak is None else float(lm.peak)
             if peak is not None and 0 < peak <= tiny:
-                fix = "use float64 statistics (SecondMoments(..., dtype=torch.float64))" \
+                fix = "use float64 statistics (SecondMoments(..., dtype=torch.float64); --stats-dtype float64)" \
                     if self.dtype == torch.float32 else "rescale the layer's inputs"
                 raise ValueError(f"layer {n!r}: its inputs are at most {peak:.3g} in"
                                  f" magnitude, so their squares underflow {self.dtype}"

@@ -179,7 +179,8 @@ def unlearn(model: nn.Module, forget: Iterable, retain: Iterable | None = None, 
             max_retain_samples: int | None = None, include_bias: bool = False,
             relabel: str = "pseudo", seed: int = 0, dropout: bool = False,
             backend: str | None = None, progress: bool = True, mode: str = "paper",
-            holdout: Iterable | None = None) -> UnlearnResult:
+            holdout: Iterable | None = None,
+            stats_dtype: torch.dtype = torch.float32) -> UnlearnResult:
     """Make ``model`` forget ``forget`` (D_f) while keeping what it knows of ``retain`` (D_r).
 
     Steps (UNSC): second moments of every layer's inputs over D_r (skipped when ``moments``
@@ -208,6 +209,8 @@ def unlearn(model: nn.Module, forget: Iterable, retain: Iterable | None = None, 
             moving once it looks unseen,
             and the loop stops when no sample moves in a whole epoch. Gradients are still
             projected onto D_r's null space.
+        stats_dtype: accumulation dtype of the D_r statistics when they are collected here
+            (``torch.float64`` keeps layers whose inputs are tiny).
         holdout: ``mode="sample"`` only: (inputs, labels) batches of held-out data the
             original model never trained on (a validation split, or test data of the same
             classes); the only source of the targets.
@@ -253,7 +256,8 @@ def unlearn(model: nn.Module, forget: Iterable, retain: Iterable | None = None, 
     if project and bases is None:
         t = time.perf_counter()
         if moments is None:
-            moments = SecondMoments(model, include_bias=include_bias, backend=backend)
+            moments = SecondMoments(model, include_bias=include_bias, backend=backend,
+                                    dtype=stats_dtype)
             moments.collect(retain, device=device, max_samples=max_retain_samples,
                             progress=progress)
         report.time_stats = time.perf_counter() - t

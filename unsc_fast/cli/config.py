@@ -39,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "unlearn": {                 # UNSC (and the defaults of the D_f-based baselines)
         "lr": 0.04, "epochs": 20, "batch_size": 64, "rule": "energy:0.99",
         "max_retain_samples": None, "include_bias": False,
+        "stats_dtype": "float32",  # float64 keeps layers whose inputs are tiny (< 2^-60)
         # "paper", or "sample": sample-level forgetting calibrated to held-out data (the
         # `holdout_share` of the test split outside its forget part); subclass/random only
         "mode": "paper", "holdout_share": 0.5,
@@ -63,7 +64,7 @@ FLAG_KEYS = {
     "optimizer": "train.optimizer",
     "lr": "unlearn.lr", "epochs": "unlearn.epochs", "batch_size": "unlearn.batch_size",
     "rule": "unlearn.rule", "max_retain_samples": "unlearn.max_retain_samples",
-    "include_bias": "unlearn.include_bias",
+    "include_bias": "unlearn.include_bias", "stats_dtype": "unlearn.stats_dtype",
     "mia_feature": "evaluate.mia_feature", "no_mia": "evaluate.mia",
     "methods": "compare.methods", "seeds": "compare.seeds",
 }
@@ -256,6 +257,7 @@ def validate(cfg: Config) -> None:
     string("train.optimizer", choices=("adam", "sgd"))
     string("evaluate.mia_feature", choices=("confidence", "entropy", "both"))
     string("unlearn.mode", choices=("paper", "sample"))
+    string("unlearn.stats_dtype", choices=("float32", "float64"))
     share = cfg["unlearn.holdout_share"]
     if not (_is_number(share) and 0 < share <= 1):
         raise ConfigError(f"{_label('unlearn.holdout_share')} must be a number in (0, 1],"

@@ -330,7 +330,8 @@ def stats_job(cfg: Config, checkpoint, out, bases_out=None) -> dict:
     split = scenario_split(cfg, data)
     t = time.perf_counter()
     moments = SecondMoments(model, include_bias=cfg["unlearn.include_bias"],
-                            backend=cfg["backend"])
+                            backend=cfg["backend"],
+                            dtype=getattr(torch, cfg["unlearn.stats_dtype"]))
     moments.collect(loader(split.retain, 256), max_samples=cfg["unlearn.max_retain_samples"],
                     progress=_progress(cfg))
     secs = time.perf_counter() - t
@@ -563,7 +564,8 @@ def compare_job(cfg: Config, out_dir, figures: bool = True) -> dict:
         if {"unsc", "random_labels_proj"} & set(methods):
             t = time.perf_counter()
             moments = SecondMoments(original, include_bias=cfg["unlearn.include_bias"],
-                                    backend=cfg["backend"])
+                                    backend=cfg["backend"],
+                                    dtype=getattr(torch, cfg["unlearn.stats_dtype"]))
             moments.collect(loader(split.retain, 256),
                             max_samples=cfg["unlearn.max_retain_samples"],
                             progress=_progress(cfg))

@@ -105,6 +105,8 @@ def _unlearn_flags(p: argparse.ArgumentParser) -> None:
                    help="cap on the D_r samples the statistics see")
     g.add_argument("--include-bias", action="store_true", default=None,
                    help="cover biases by a constant-1 input feature")
+    g.add_argument("--stats-dtype", choices=("float32", "float64"),
+                   help="accumulation dtype of the statistics (float64 for tiny inputs)")
 
 
 def _eval_flags(p: argparse.ArgumentParser) -> None:

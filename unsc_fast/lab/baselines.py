@@ -167,7 +167,8 @@ def unsc(task: Task, lr: float | None = None, epochs: int | None = None,
                   max_retain_samples=max_retain_samples or u.get("max_retain_samples"),
                   include_bias=u.get("include_bias", False) if include_bias is None
                   else include_bias, seed=task.seed, dropout=dropout, backend=task.backend,
-                  progress=task.progress, mode=mode, holdout=holdout)
+                  progress=task.progress, mode=mode, holdout=holdout,
+                  stats_dtype=getattr(torch, u.get("stats_dtype", "float32")))
     r = res.report
     info = {"ranks": r.ranks, "dims": r.dims, "epoch_loss": r.epoch_loss,
             "warnings": r.warnings}
@@ -185,7 +186,8 @@ def _random_relabel(task: Task, project: bool, lr, epochs, batch_size) -> Method
                   lr=lr or u["lr"], epochs=u["epochs"] if epochs is None else epochs,
                   project=project, max_retain_samples=u.get("max_retain_samples"),
                   relabel="random", seed=task.seed, backend=task.backend,
-                  progress=task.progress)
+                  progress=task.progress,
+                  stats_dtype=getattr(torch, u.get("stats_dtype", "float32")))
     r = res.report
     return MethodResult(res.model, {"stats": r.time_stats, "bases": r.time_bases,
                                     "unlearn": r.time_unlearn}, {"epoch_loss": r.epoch_loss})
