@@ -58,6 +58,18 @@ def _check_same_device(**tensors: Tensor) -> None:
         raise ValueError(f"tensors are on different devices: {devices}")
 
 
+def _can_check_aliasing() -> bool:
+    """False while torch.compile traces: the aliasing checks below compare data pointers,
+    which traced (fake) tensors do not have, so ``fullgraph=True`` would fail on them. They
+    guard direct calls against user mistakes (overlapping memory passed in); a traced call
+    skips them, which is safe because the graph cannot alias by accident: the ops' schemas
+    mark the written tensors mutable (``Tensor(a!)``), so AOTAutograd functionalizes the
+    writes and guards on which graph inputs alias each other, and :func:`unsc_fast.project_`
+    passes disjoint views (distinct parameters' gradients, disjoint row blocks). The same
+    call run eagerly is checked."""
+    return not torch.compiler.is_compiling()
+
+
 def _span(t: Tensor) -> tuple[int, int]:
     """The byte range ``[lo, hi)`` that ``t``'s elements occupy."""
     lo = t.data_ptr()
@@ -67,6 +79,8 @@ def _span(t: Tensor) -> tuple[int, int]:
 
 def _check_disjoint(out_name: str, out: Tensor, in_name: str, t: Tensor) -> None:
     """An output written in place may not share memory with an input it is computed from."""
+    if not _can_check_aliasing():
+        return
     if out.numel() == 0 or t.numel() == 0 or out.device != t.device:
         return
     a, b = _span(out), _span(t)
@@ -77,6 +91,8 @@ def _check_disjoint(out_name: str, out: Tensor, in_name: str, t: Tensor) -> None
 
 def _check_grads_apart_from_bases(grads: list[Tensor], bases: list[Tensor]) -> None:
     """No gradient (written) may share memory with a basis (read): one sorted sweep."""
+    if not _can_check_aliasing():
+        return
     spans = sorted([(*_span(t), 0, i) for i, t in enumerate(grads) if t.numel()]
                    + [(*_span(t), 1, i) for i, t in enumerate(bases) if t.numel()])
     reach = [(-1, -1), (-1, -1)]           # per kind: (largest end so far, its index)
@@ -168,7 +184,7 @@ def project_grads_(grads: Sequence[Tensor], bases: Sequence[Tensor], subtract: S
             raise ValueError(f"grads[{i}] is a broadcast view (stride 0): its rows share"
                              " memory; pass a real tensor (e.g. .contiguous())")
     seen: dict[tuple, int] = {}
-    for i, G in enumerate(grads):
+    for i, G in enumerate(grads if _can_check_aliasing() else ()):
         key = (G.data_ptr(), tuple(G.shape), G.stride()) if G.numel() else (i,)
         if key in seen:
             raise ValueError(f"grads[{i}] and grads[{seen[key]}] are the same memory")

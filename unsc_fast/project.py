@@ -81,7 +81,12 @@ def project_(model_or_params: nn.Module | Mapping[str, Tensor] | Iterable[tuple[
                 grads.append(G[lo - row0:hi - row0])
                 mats.append(lb.bases[g])
                 subtract.append(lb.subtract[g])
-        if G.data_ptr() != grad.data_ptr() or bgrad is not None:
+        # G is projected in place: it is copied back unless it is a view of the gradient.
+        # Told from the view relation, not by comparing data pointers, which torch.compile
+        # cannot trace (fullgraph=True would fail on it).
+        view_of = G._base
+        is_view = view_of is not None and (view_of is grad or view_of is grad._base)
+        if not is_view or bgrad is not None:
             write_back.append((G, grad, bgrad))
     ops.project_grads_(grads, mats, subtract, backend=backend)
     for G, grad, bgrad in write_back:
