@@ -126,6 +126,7 @@ def _markdown(out: dict) -> str:
         f"Load average (1, 5, 15 min): before {out['loadavg_before']}, after"
         f" {out['loadavg_after']}. Medians of {out['reps']} interleaved repetitions.",
         "",
+        *([out["note"], ""] if out.get("note") else []),
         f"(a) Statistics: LLaMA-style, hidden {c['hidden']}, {c['layers']} layers, intermediate"
         f" {c['inter']}, vocab {c['vocab']}, {c['batches']} batches of {c['batch']} x {c['seq']}"
         f" tokens per call, float32; {s['layers_watched']} layers watched,"
@@ -133,8 +134,8 @@ def _markdown(out: dict) -> str:
         "",
         "| run | median ms | IQR ms | tokens/s |",
         "|---|---|---|---|",
-        f"| plain forward (no_grad) | {s['forward']['median_ms']:.1f} | {s['forward']['iqr_ms']:.1f}"
-        f" | {s['forward_tokens_per_s']:,.0f} |",
+        f"| plain forward (no_grad) | {s['forward']['median_ms']:.1f}"
+        f" | {s['forward']['iqr_ms']:.1f} | {s['forward_tokens_per_s']:,.0f} |",
         f"| SecondMoments.collect | {s['collect']['median_ms']:.1f} | {s['collect']['iqr_ms']:.1f}"
         f" | {s['collect_tokens_per_s']:,.0f} |",
         "",
@@ -165,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", type=int, default=4, help="batches per collect call")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--tiny", action="store_true", help="smoke-test sizes")
+    ap.add_argument("--note", default="", help="a sentence for hf.md (e.g. why --threads)")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -182,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         reps = a.reps
     import transformers
     out: dict = {"benchmark": "hf", "transformers": transformers.__version__, "reps": reps,
+                 "note": a.note,
                  "loadavg_before": list(os.getloadavg())}
     out["machine"] = machine_info(CPU)
     out["stats"] = bench_stats(stats, reps)

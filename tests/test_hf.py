@@ -70,7 +70,8 @@ def _train(tmp_path, bases, forget, *, callback=True, accumulation=1, max_grad_n
     model = _model()
     params = unsc_fast.freeze_for_unlearning(model, bases)
     args = transformers.TrainingArguments(
-        output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=len(forget) // accumulation,
+        output_dir=str(tmp_path), max_steps=1,
+        per_device_train_batch_size=len(forget) // accumulation,
         gradient_accumulation_steps=accumulation, max_grad_norm=max_grad_norm, report_to=[],
         use_cpu=True, save_strategy="no", logging_strategy="no", disable_tqdm=True,
         lr_scheduler_type="constant", dataloader_num_workers=0, seed=0)
@@ -164,7 +165,7 @@ def test_callback_pickles(setup):
 
 
 def test_benchmark_smoke(tmp_path):
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "hf.py"), "--tiny",
-                    "--out", str(tmp_path)], check=True, cwd=ROOT, timeout=300)
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "hf.py"), "--tiny", "--threads",
+                    "1", "--out", str(tmp_path)], check=True, cwd=ROOT, timeout=300)
     data = json.loads((tmp_path / "hf.json").read_text())
     assert data["stats"]["collect_tokens_per_s"] > 0 and (tmp_path / "hf.md").exists()
