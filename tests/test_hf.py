@@ -110,6 +110,35 @@ def test_gradient_accumulation(tmp_path, setup):
     assert _rel_change(model, retain) < 1e-5
 
 
+def test_gpt2_conv1d_projected_step(tmp_path, setup):
+    """GPT-2's Conv1D layers (weights stored (in, out)), through the Trainer; its dropout is
+    on while the Trainer trains (Trainer calls model.train()), the projection is exact anyway."""
+    retain, forget, _ = setup
+    cfg = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=VOCAB,
+                                  n_positions=32, bos_token_id=0, eos_token_id=0)
+
+    def gpt2():
+        torch.manual_seed(0)
+        return transformers.GPT2LMHeadModel(cfg).to(torch.float64)
+
+    model = gpt2()
+    moments = unsc_fast.SecondMoments(model, dtype=torch.float64).collect(
+        [{"input_ids": retain}], progress=False)
+    bases = unsc_fast.NullSpace.from_moments(moments, "energy:1", dtype=torch.float64)
+    params = unsc_fast.freeze_for_unlearning(model, bases)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=len(forget),
+        max_grad_norm=0.0, report_to=[], use_cpu=True, save_strategy="no",
+        logging_strategy="no", disable_tqdm=True, lr_scheduler_type="constant")
+    transformers.Trainer(model=model, args=args, train_dataset=_Tokens(forget),
+                         optimizers=(torch.optim.SGD(params, lr=1.0), None),
+                         callbacks=[NullSpaceCallback(bases)]).train()
+    before, after = _logits(gpt2(), retain), _logits(model, retain)
+    assert ((after - before).norm() / before.norm()).item() < 1e-5
+    assert not torch.equal(model.transformer.h[0].mlp.c_fc.weight,
+                           gpt2().transformer.h[0].mlp.c_fc.weight)
+
+
 class _Recorder(transformers.TrainerCallback):
     """Runs after NullSpaceCallback in on_pre_optimizer_step: sees the gradient stepped with."""
 
