@@ -549,3 +549,16 @@ def test_unlearned_checkpoint_records_its_making(original, tmp_path):
     assert made["method"] == "unsc" and made["rule"] == "energy:0.95"
     assert (made["lr"], made["epochs"], made["batch_size"]) == (0.01, 2, 32)
     assert meta["versions"] == {"unsc_fast": uf.__version__, "torch": torch.__version__}
+
+
+def test_partly_overlapping_gradients_are_refused_before_any_is_written():
+    W = torch.randn(6, 6, dtype=torch.float64)
+
+    def basis(d):
+        return torch.linalg.qr(torch.randn(d, 1, dtype=torch.float64))[0]
+    uf.ops.project_grads_([W[::2], W[1::2]], [basis(6)] * 2, [True] * 2)  # interleaved: fine
+    for bad in ([W[:3], W[2:]], [W[::2], W[1::2], W[2:3]], [W[:, :4].T, W[:, 3:].T]):
+        before = W.clone()
+        with pytest.raises(ValueError, match="overlap"):
+            uf.ops.project_grads_(bad, [basis(t.shape[1]) for t in bad], [True] * len(bad))
+        assert torch.equal(W, before)

@@ -89,6 +89,31 @@ def _check_disjoint(out_name: str, out: Tensor, in_name: str, t: Tensor) -> None
                          f" place while {in_name} is read); pass a copy, e.g. {in_name}.clone()")
 
 
+def _elements(t: Tensor, base: int) -> Tensor:
+    """The storage offsets (in elements, from byte ``base``) of every element of ``t``."""
+    start = (t.data_ptr() - base) // t.element_size()
+    extent = sum((n - 1) * st for n, st in zip(t.shape, t.stride())) + 1
+    idx = torch.arange(start, start + extent, dtype=torch.int64)
+    return idx.as_strided(t.shape, t.stride(), 0).reshape(-1)
+
+
+def _check_grads_apart(grads: list[Tensor]) -> None:
+    """No element may belong to two gradients (each is written in place): gradients whose
+    byte ranges overlap are compared element by element (interleaved views such as
+    ``G[:, ::2]`` and ``G[:, 1::2]`` are fine; ``G[:3]`` and ``G[2:]`` are not)."""
+    if not _can_check_aliasing():
+        return
+    spans = sorted((_span(G) + (i,)) for i, G in enumerate(grads) if G.numel())
+    pairs = [(s1, s2) for k, s2 in enumerate(spans) for s1 in spans[:k] if s2[0] < s1[1]]
+    for (lo1, _, i), (lo2, _, j) in pairs:
+        a, b = grads[i], grads[j]
+        if a.element_size() != b.element_size() or \
+                (lo2 - lo1) % a.element_size() or \
+                bool(torch.isin(_elements(b, lo1), _elements(a, lo1)).any()):
+            raise ValueError(f"grads[{min(i, j)}] and grads[{max(i, j)}] overlap in memory"
+                             " (both are written in place); pass disjoint tensors")
+
+
 def _check_grads_apart_from_bases(grads: list[Tensor], bases: list[Tensor]) -> None:
     """No gradient (written) may share memory with a basis (read): one sorted sweep."""
     if not _can_check_aliasing():
@@ -189,6 +214,7 @@ def project_grads_(grads: Sequence[Tensor], bases: Sequence[Tensor], subtract: S
         if key in seen:
             raise ValueError(f"grads[{i}] and grads[{seen[key]}] are the same memory")
         seen[key] = i
+    _check_grads_apart(grads)
     _check_grads_apart_from_bases(grads, bases)
     # Nothing to compute for an empty gradient or a rank-0 basis: subtracting an empty core
     # leaves G as it is, and projecting onto an empty null space gives 0.
