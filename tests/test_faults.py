@@ -562,3 +562,26 @@ def test_partly_overlapping_gradients_are_refused_before_any_is_written():
         with pytest.raises(ValueError, match="overlap"):
             uf.ops.project_grads_(bad, [basis(t.shape[1]) for t in bad], [True] * len(bad))
         assert torch.equal(W, before)
+
+
+def test_a_forward_that_fails_midway_leaves_statistics_that_refuse_to_be_used(tmp_path):
+    class Flaky(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 2)
+            self.calls = 0
+
+        def forward(self, x):
+            h = self.a(x)
+            self.calls += 1
+            if self.calls == 3:  # probe, batch 0, then batch 1 dies between the layers
+                raise RuntimeError("device lost")
+            return self.b(h)
+    m = uf.SecondMoments(Flaky())
+    with pytest.raises(RuntimeError, match="device lost"):
+        m.collect([torch.randn(8, 4), torch.randn(8, 4)], progress=False)
+    for use in (lambda: uf.NullSpace.from_moments(m), lambda: m.save(tmp_path / "s.pt"),
+                lambda: m.merge_(m)):
+        with pytest.raises(RuntimeError, match="incomplete"):
+            use()
+    assert not (tmp_path / "s.pt").exists()

@@ -143,6 +143,8 @@ class SecondMoments:
         self._sharing_known = not self.share_inputs
         self._inputs_seen: dict[int, tuple[str, Tensor]] = {}
         self._mask: Tensor | None = None
+        self._updates = 0               # layer updates so far (to tell a torn batch)
+        self._torn: str | None = None   # why the statistics are incomplete, if they are
 
     # -- accumulation -------------------------------------------------------------------
     @torch.no_grad()
@@ -166,6 +168,7 @@ class SecondMoments:
             if lm.colsum is not None:
                 lm.colsum[0] += x.sum(0, dtype=lm.colsum.dtype)
         lm.n += rows
+        self._updates += 1
         if lm.peak is not None and x.numel():
             lm.peak = torch.maximum(lm.peak, x.detach().abs().amax().to(lm.peak))
 
@@ -291,9 +294,15 @@ class SecondMoments:
                         tried.add(key)
                     mask = inputs.get("attention_mask")
                     self._mask = None if mask is None else mask.bool()
+                    before = self._updates
                     try:
                         with self.hooks():
                             _call(self.model, inputs)
+                    except BaseException:
+                        if self._updates != before:  # some layers saw this batch, others not
+                            self._torn = (f"batch {i} failed in the middle of the forward,"
+                                          " after some layers had accumulated it")
+                        raise
                     finally:
                         self._mask = None
                     seen += n
@@ -305,6 +314,13 @@ class SecondMoments:
         self.check_finite()
         return self
 
+    def check_whole(self) -> None:
+        """Raise if a failed forward left some layers with a batch that others lack: such
+        statistics describe no data set, so they are never used, saved or merged."""
+        if self._torn is not None:
+            raise RuntimeError(f"these statistics are incomplete ({self._torn}); collect"
+                               " again into a new SecondMoments")
+
     def check_finite(self) -> None:
         """Raise if any statistic holds NaN or Inf (e.g. from a diverged model), or if a
         layer's inputs were so small that their squares underflow S's dtype (see ``TINY``):
@@ -312,6 +328,7 @@ class SecondMoments:
 
         The diagonal suffices: a non-finite input x makes Σx² of its feature NaN or Inf.
         """
+        self.check_whole()
         bad = [n for n, lm in self.moments.items()
                if not torch.isfinite(torch.diagonal(lm.S, dim1=-2, dim2=-1)).all()]
         if bad:
@@ -334,6 +351,8 @@ class SecondMoments:
     # -- combining and saving -----------------------------------------------------------
     def merge_(self, other: "SecondMoments") -> "SecondMoments":
         """Add the statistics of ``other`` (same layers) into ``self``."""
+        self.check_whole()
+        other.check_whole()
         if other.moments.keys() != self.moments.keys() or other.shared != self.shared:
             raise ValueError("cannot merge statistics of different layer sets (or of layers"
                              " that share inputs differently)")
@@ -358,12 +377,14 @@ class SecondMoments:
         :func:`unsc_fast.distributed.all_reduce_moments_`.
         """
         from .distributed import all_reduce_moments_
+        self.check_whole()
         return all_reduce_moments_(self, group=group, bucket_mb=bucket_mb)
 
     def state_dict(self) -> dict:
         """Per layer: kind, upper-triangular S, n, colsum and the conv geometry as plain
         values (loadable with ``torch.load(weights_only=True)``); a layer that shares another's
         statistic is stored as ``{"same_as": leader}``."""
+        self.check_whole()
         state = {}
         for name in self.layers:
             if name in self.shared:
