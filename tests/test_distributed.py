@@ -27,6 +27,32 @@ def _model():
                          nn.Linear(6 * 5 * 5, 4)).double()
 
 
+class Conv1D(nn.Module):
+    """Shaped like transformers' Conv1D (weight (in, out)); recognised by duck typing."""
+
+    def __init__(self, nx, nf):
+        super().__init__()
+        self.nf = nf
+        self.weight = nn.Parameter(torch.randn(nx, nf, dtype=torch.float64) * 0.3)
+        self.bias = nn.Parameter(torch.zeros(nf, dtype=torch.float64))
+
+    def forward(self, x):
+        return x @ self.weight + self.bias
+
+
+class Block(nn.Module):
+    """q and k read the same tensor (one shared statistic); c is a Conv1D."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.q, self.k = nn.Linear(6, 5).double(), nn.Linear(6, 5).double()
+        self.c = Conv1D(5, 3)
+
+    def forward(self, x):
+        return self.c(torch.tanh(self.q(x) * self.k(x)))
+
+
 def _data():
     g = torch.Generator().manual_seed(1)
     return torch.randn(8, 3, 5, 5, generator=g, dtype=torch.float64)
@@ -84,6 +110,20 @@ def _worker(rank, port, out_dir):
         # 7. the owner of the only layer fails (no data): the other rank raises too.
         empty = uf.SecondMoments(nn.Linear(3, 2))
         res["owner_fails"] = _raised(lambda: uf.NullSpace.from_moments(empty, distribute=True))
+        # 8. shared inputs and a Conv1D: summed once, decomposed once, broadcast; FSDP2 shards
+        # a Conv1D weight on its input dimension, which cannot be projected locally.
+        tokens = torch.randn(10, 4, 6, generator=torch.Generator().manual_seed(2),
+                             dtype=torch.float64)
+        sm = uf.SecondMoments(Block(), dtype=torch.float64)
+        sm.collect([tokens.chunk(WORLD)[rank]], progress=False).all_reduce_()
+        res["shared"] = dict(sm.shared)
+        res["shared_bases"] = uf.NullSpace.from_moments(sm, "energy:0.95", distribute=True,
+                                                        dtype=torch.float64).state_dict()
+        block = Block()
+        fully_shard(block, mesh=mesh)
+        block(tokens).sum().backward()
+        res["conv1d_shard"] = _raised(lambda: uf.project_(block, uf.NullSpace.from_moments(
+            sm, "energy:0.95", distribute=True, dtype=torch.float64)))
     except Exception:  # noqa: BLE001  (reported by the parent)
         res["crash"] = traceback.format_exc()
     finally:
@@ -178,3 +218,20 @@ def test_distributed_example_runs():
     still = int(line.split("forgotten, ")[1].split("%")[0])
     moved = float(line.rsplit("moved by ", 1)[1].split()[0])
     assert still <= 5 and moved < 1e-4, line
+
+
+def test_shared_inputs_and_conv1d_over_ranks(ranks):
+    tokens = torch.randn(10, 4, 6, generator=torch.Generator().manual_seed(2),
+                         dtype=torch.float64)
+    full = uf.SecondMoments(Block(), dtype=torch.float64).collect([tokens], progress=False)
+    expected_t, expected_meta = uf.NullSpace.from_moments(full, "energy:0.95",
+                                                          dtype=torch.float64).state_dict()
+    assert expected_meta["k"] == {"same_as": "q"} and expected_meta["c"]["kind"] == "conv1d"
+    for res in ranks:
+        assert res["shared"] == {"k": "q"}
+        tensors, meta = res["shared_bases"]
+        assert meta == expected_meta
+        for key, B in expected_t.items():
+            torch.testing.assert_close(tensors[key] @ tensors[key].T, B @ B.T)
+        assert res["conv1d_shard"].startswith("ValueError") and "input dimension" in \
+            res["conv1d_shard"]
