@@ -585,3 +585,17 @@ def test_a_forward_that_fails_midway_leaves_statistics_that_refuse_to_be_used(tm
         with pytest.raises(RuntimeError, match="incomplete"):
             use()
     assert not (tmp_path / "s.pt").exists()
+
+
+@pytest.mark.parametrize("op", ["accumulate", "accumulate_conv"])
+def test_raw_accumulate_refuses_an_overflowing_update_before_writing(op):
+    if op == "accumulate":
+        S, x = torch.zeros(3, 3), torch.full((4, 3), 1e19)
+        run = lambda: uf.ops.accumulate_(S, x)  # noqa: E731
+    else:
+        S, x = torch.zeros(1, 4, 4), torch.full((1, 1, 3, 3), 1e19)
+        run = lambda: uf.ops.accumulate_conv_(S, x, uf.ConvGeometry((2, 2)))  # noqa: E731
+    with pytest.raises(ValueError, match="overflow"):
+        run()
+    assert not S.any()
+    uf.ops.accumulate_(torch.zeros(3, 3, dtype=torch.float64), torch.full((4, 3), 1e19))

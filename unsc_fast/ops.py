@@ -30,6 +30,7 @@ sees work to do.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 
@@ -97,6 +98,26 @@ def _elements(t: Tensor, base: int) -> Tensor:
     return idx.as_strided(t.shape, t.stride(), 0).reshape(-1)
 
 
+def _check_no_overflow(S: Tensor, X: Tensor, rows: int) -> None:
+    """Refuse, before writing, an update that could overflow S's dtype: every entry of S grows
+    by at most rows · max|x|² (and S's entries are bounded by its diagonal). Non-finite
+    inputs pass (their S is refused where it is used,
+    e.g. :meth:`unsc_fast.SecondMoments.check_finite`); so do traced calls."""
+    if not _can_check_aliasing():
+        return
+    peak = float(X.detach().abs().amax().double())
+    if not math.isfinite(peak):
+        return
+    big = torch.finfo(S.dtype).max
+    # A sum of outer products is PSD, so its largest entry sits on the diagonal: d reads.
+    diag = torch.diagonal(S.detach(), dim1=-2, dim2=-1)
+    bound = float(diag.abs().amax().double()) + rows * peak * peak
+    if bound > big:
+        raise ValueError(f"S += XᵀX could overflow {S.dtype} (max |x| = {peak:.3g} over {rows}"
+                         f" rows): the statistics would have overflowed; use float64"
+                         " statistics or rescale the inputs")
+
+
 def _check_grads_apart(grads: list[Tensor]) -> None:
     """No element may belong to two gradients (each is written in place): gradients whose
     byte ranges overlap are compared element by element (interleaved views such as
@@ -144,6 +165,7 @@ def accumulate_(S: Tensor, X: Tensor, *, backend: str | None = None) -> Tensor:
     _check_disjoint("S", S, "X", X)
     if X.shape[0] == 0:
         return S
+    _check_no_overflow(S, X, X.shape[0])
     _, fn = dispatch.resolve("accumulate", S.device, (S, X), backend)
     fn(S, X)
     return S
@@ -172,6 +194,8 @@ def accumulate_conv_(S: Tensor, x: Tensor, geom: ConvGeometry, *,
                          f" dilated kernel {geom.kernel_size} (dilation {geom.dilation})")
     if x.shape[0] == 0:
         return S
+    oh, ow = geom.output_size(x.shape[2], x.shape[3])
+    _check_no_overflow(S, x, x.shape[0] * oh * ow)
     _, fn = dispatch.resolve("accumulate_conv", S.device, (S, x, geom), backend)
     fn(S, x, geom)
     return S
