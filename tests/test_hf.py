@@ -198,3 +198,33 @@ def test_benchmark_smoke(tmp_path):
                     "1", "--out", str(tmp_path)], check=True, cwd=ROOT, timeout=300)
     data = json.loads((tmp_path / "hf.json").read_text())
     assert data["stats"]["collect_tokens_per_s"] > 0 and (tmp_path / "hf.md").exists()
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_dropout_is_off_during_the_run_and_restored(tmp_path, setup, keep):
+    retain, forget, _ = setup
+    cfg = transformers.GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=VOCAB,
+                                  n_positions=32, bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(cfg).to(torch.float64)
+    moments = unsc_fast.SecondMoments(model, dtype=torch.float64).collect(
+        [{"input_ids": retain}], progress=False)
+    bases = unsc_fast.NullSpace.from_moments(moments, "energy:0.99", dtype=torch.float64)
+    params = unsc_fast.freeze_for_unlearning(model, bases)
+    drops = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert drops and all(m.p > 0 for m in drops)
+    seen = []
+
+    class Record(transformers.TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, **kw):
+            seen.extend(m.p for m in drops)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=len(forget),
+        report_to=[], use_cpu=True, save_strategy="no", logging_strategy="no",
+        disable_tqdm=True)
+    transformers.Trainer(model=model, args=args, train_dataset=_Tokens(forget),
+                         optimizers=(torch.optim.SGD(params, lr=1e-3), None),
+                         callbacks=[NullSpaceCallback(bases, dropout=keep), Record()]).train()
+    assert all((p > 0) if keep else (p == 0) for p in seen) and seen
+    assert all(m.p == cfg.resid_pdrop or m.p == cfg.attn_pdrop or m.p == cfg.embd_pdrop
+               for m in drops) and all(m.p > 0 for m in drops)

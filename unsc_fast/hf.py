@@ -60,7 +60,10 @@ def _build() -> type:
         ``bases``: a :class:`unsc_fast.NullSpace` (layer names as in the Trainer's model).
         ``model``: the model to project (default: the ``model`` the Trainer passes to its
         callbacks; a DDP / DataParallel wrapper is unwrapped). ``backend``: passed to
-        :func:`unsc_fast.project_`.
+        :func:`unsc_fast.project_`. ``dropout``: False (default) sets every ``nn.Dropout``'s
+        probability to 0 for the run and restores it at the end: the Trainer calls
+        ``model.train()`` each step, and the bases describe the clean (eval-mode) inputs, so
+        updates fitted through dropout noise forget less (see :func:`unsc_fast.unlearn`).
 
         Order: ``on_train_begin`` remembers ``args.max_grad_norm`` and sets it to 0 so the
         Trainer does not clip; ``on_pre_optimizer_step`` projects with
@@ -83,12 +86,14 @@ def _build() -> type:
         """
 
         def __init__(self, bases: NullSpace, *, model: nn.Module | None = None,
-                     backend: str | None = None) -> None:
+                     backend: str | None = None, dropout: bool = False) -> None:
             if not isinstance(bases, NullSpace):
                 raise TypeError(f"bases must be a NullSpace, got {type(bases).__name__}")
             self.bases = bases
             self.model = model
             self.backend = backend
+            self.dropout = dropout
+            self._dropout_p: list[tuple[nn.Module, float]] = []
             #: the Trainer's ``max_grad_norm`` while training runs (None outside a run)
             self.max_grad_norm: float | None = None
 
@@ -108,6 +113,11 @@ def _build() -> type:
             self.bases.check(self._model(kwargs))
             self.max_grad_norm = args.max_grad_norm
             args.max_grad_norm = 0.0
+            if not self.dropout:
+                self._dropout_p = [(m, m.p) for m in self._model(kwargs).modules()
+                                   if isinstance(m, nn.modules.dropout._DropoutNd)]
+                for m, _ in self._dropout_p:
+                    m.p = 0.0
 
         def on_pre_optimizer_step(self, args: TrainingArguments, state: TrainerState,
                                   control: TrainerControl, **kwargs: Any) -> None:
@@ -121,7 +131,10 @@ def _build() -> type:
 
         def on_train_end(self, args: TrainingArguments, state: TrainerState,
                          control: TrainerControl, **kwargs: Any) -> None:
-            """Give the Trainer its ``max_grad_norm`` back."""
+            """Give the Trainer its ``max_grad_norm`` and the model its dropout back."""
+            for m, p in self._dropout_p:
+                m.p = p
+            self._dropout_p = []
             if self.max_grad_norm is not None:
                 args.max_grad_norm = self.max_grad_norm
                 self.max_grad_norm = None
@@ -146,4 +159,4 @@ def __getattr__(name: str) -> Any:
 if TYPE_CHECKING:
     class NullSpaceCallback(TrainerCallback):  # noqa: D101 - the signature type checkers see
         def __init__(self, bases: NullSpace, *, model: nn.Module | None = None,
-                     backend: str | None = None) -> None: ...
+                     backend: str | None = None, dropout: bool = False) -> None: ...
