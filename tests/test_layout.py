@@ -28,22 +28,15 @@ def _is_module(name: str) -> bool:
     return base.with_suffix(".py").exists() or (base / "__init__.py").exists()
 
 
-def _is_type_checking(node: ast.If) -> bool:
-    t = node.test
-    return (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING") or \
-        (isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING")
-
-
 def _imports(path: Path) -> list[tuple[str, list[str]]]:
-    """(absolute module, imported names) for every runtime import of the package in ``path``."""
+    """(absolute module, imported names) for every import of the package in ``path``, lazy and
+    ``TYPE_CHECKING`` ones included: a cycle a type checker sees is a cycle too."""
     mod = _module_name(path)
     package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
     out = []
 
     def visit(node):
         for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and _is_type_checking(child):
-                continue
             if isinstance(child, ast.ImportFrom):
                 if child.level:
                     base = package.split(".")

@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from . import helpers
 from .layer_basis import LayerBasis, layer_basis
+from .layer_moments import MomentSet
 
-if TYPE_CHECKING:
-    from .stats import SecondMoments
 
 _BLOCK = 256  # largest block-row height of S's packed upper triangle
 
@@ -47,13 +45,13 @@ def _dist():
     return dist
 
 
-def _signature(moments: SecondMoments, with_counts: bool) -> str:
+def _signature(moments: MomentSet, with_counts: bool) -> str:
     parts = [f"{n}:{lm.kind}:{tuple(lm.S.shape)}:{lm.S.dtype}:{lm.colsum is not None}"
              + (f":{lm.n}" if with_counts else "") for n, lm in moments.moments.items()]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
-def _check_same(moments: SecondMoments, group, with_counts: bool, what: str) -> None:
+def _check_same(moments: MomentSet, group, with_counts: bool, what: str) -> None:
     """Raise on every rank unless all ranks hold statistics of the same layout."""
     dist = _dist()
     h = int(_signature(moments, with_counts)[:15], 16)  # < 2**60: exact in int64
@@ -64,7 +62,7 @@ def _check_same(moments: SecondMoments, group, with_counts: bool, what: str) -> 
         raise ValueError(what)
 
 
-def _comm_device(moments: SecondMoments, group) -> torch.device:
+def _comm_device(moments: MomentSet, group) -> torch.device:
     """Where small control tensors live: the statistics' device (NCCL needs CUDA tensors)."""
     for lm in moments.moments.values():
         return lm.S.device
@@ -74,7 +72,7 @@ def _comm_device(moments: SecondMoments, group) -> torch.device:
 # -- 1. statistics ---------------------------------------------------------------------------
 
 
-def _segments(moments: SecondMoments) -> list[tuple[Tensor, Callable[[Tensor], None]]]:
+def _segments(moments: MomentSet) -> list[tuple[Tensor, Callable[[Tensor], None]]]:
     """(payload, write_back) pairs: S's upper block rows and the column sums of every layer.
 
     A payload is ``triu`` of the block row, so the lower triangle (unspecified, may differ
@@ -93,8 +91,8 @@ def _segments(moments: SecondMoments) -> list[tuple[Tensor, Callable[[Tensor], N
     return segs
 
 
-def all_reduce_moments_(moments: SecondMoments, group=None, bucket_mb: float = 64.0
-                        ) -> SecondMoments:
+def all_reduce_moments_(moments: MomentSet, group=None, bucket_mb: float = 64.0
+                        ) -> MomentSet:
     """Sum ``moments`` over the ranks of ``group`` in place; every rank gets the total.
 
     Sends the upper triangle of S by block rows (about half of S) in buckets of at most
@@ -166,7 +164,7 @@ def assign_layers(costs: list[float], world: int) -> list[int]:
     return owner
 
 
-def distributed_bases(moments: SecondMoments, rule, *, include_bias: bool, store: str,
+def distributed_bases(moments: MomentSet, rule, *, include_bias: bool, store: str,
                       dtype: torch.dtype, group=None, progress: bool = False,
                       method: str = "eigh") -> dict:
     """Per-layer bases, each decomposed on one rank and broadcast to all (see module doc).

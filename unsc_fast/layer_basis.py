@@ -8,11 +8,11 @@ import torch
 from torch import Tensor
 
 from . import reference as ref
+from .layer_moments import LayerMoments
 from .spectral import fast_core
 
 if TYPE_CHECKING:
     from .rules import Rule
-    from .stats import LayerMoments
 
 #: A second moment's most negative eigenvalue may be at most this share of its largest
 #: (round-off); beyond it the statistics are refused as not positive semi-definite.
