@@ -13,12 +13,7 @@ from unsc_fast.cli import main
 from unsc_fast.cli.config import ConfigError, build_config
 from unsc_fast.lab.report import validate_report
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--dataset", "synthetic", "--model", "mlp", "--width", "0.125", "--quiet"]
-
-
-def run(*args) -> int:
-    return main([str(a) for a in args])
+from cli_helpers import ROOT, TINY, run  # noqa: E402
 
 
 @pytest.fixture(scope="module")

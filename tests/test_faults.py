@@ -17,15 +17,9 @@ from torch import nn
 
 import unsc_fast as uf
 from unsc_fast.cli import checkpoint as ck
-from unsc_fast.cli import main
 from unsc_fast.io import Outputs, clean_stale
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--dataset", "synthetic", "--model", "mlp", "--width", "0.125", "--quiet"]
-
-
-def run(*args) -> int:
-    return main([str(a) for a in args])
+from cli_helpers import ROOT, TINY, run  # noqa: E402
 
 
 @pytest.fixture(scope="module")

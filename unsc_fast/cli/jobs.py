@@ -58,19 +58,6 @@ def check_output_file(path: str | os.PathLike, kind: str, outputs: Outputs | Non
     return p
 
 
-def check_output_dir(path: str | os.PathLike) -> Path:
-    """An output directory: an existing directory, or one that can be created (later)."""
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise JobError(f"output {str(p)!r} exists and is not a directory")
-    anc = p
-    while not anc.exists():
-        anc = anc.parent
-    if not anc.is_dir() or not os.access(anc, os.W_OK):
-        raise PermissionError(f"cannot create output directory {str(p)!r} under {str(anc)!r}")
-    return p
-
-
 def _same_file(a, b) -> bool:
     a, b = Path(a), Path(b)
     try:
@@ -536,8 +523,7 @@ def compare_job(cfg: Config, out_dir, figures: bool = True) -> dict:
     """Original vs retrain vs UNSC vs baselines, over seeds; one report, table and figures."""
     from ..stats import SecondMoments
     outputs = Outputs()
-    out_dir = check_output_dir(out_dir)
-    outputs.plan_dir(out_dir)
+    out_dir = outputs.plan_dir(out_dir)
     _device(cfg)
     methods = list(dict.fromkeys(cfg["compare.methods"]))
     if "original" not in methods:
