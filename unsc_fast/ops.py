@@ -105,13 +105,15 @@ def _check_no_overflow(S: Tensor, X: Tensor, rows: int) -> None:
     e.g. :meth:`unsc_fast.SecondMoments.check_finite`); so do traced calls."""
     if not _can_check_aliasing():
         return
-    peak = float(X.detach().abs().amax().double())
+    # A sum of outer products is PSD, so its largest entry sits on the diagonal: d reads.
+    # Both maxima come back in one device sync.
+    diag = torch.diagonal(S.detach(), dim1=-2, dim2=-1)
+    peak, s_max = torch.stack([X.detach().abs().amax().double(),
+                               diag.abs().amax().double()]).tolist()
     if not math.isfinite(peak):
         return
     big = torch.finfo(S.dtype).max
-    # A sum of outer products is PSD, so its largest entry sits on the diagonal: d reads.
-    diag = torch.diagonal(S.detach(), dim1=-2, dim2=-1)
-    bound = float(diag.abs().amax().double()) + rows * peak * peak
+    bound = s_max + rows * peak * peak
     if bound > big:
         raise ValueError(f"S += XᵀX could overflow {S.dtype} (max |x| = {peak:.3g} over {rows}"
                          f" rows): the statistics would have overflowed; use float64"
@@ -125,7 +127,11 @@ def _check_grads_apart(grads: list[Tensor]) -> None:
     if not _can_check_aliasing():
         return
     spans = sorted((_span(G) + (i,)) for i, G in enumerate(grads) if G.numel())
-    pairs = [(s1, s2) for k, s2 in enumerate(spans) for s1 in spans[:k] if s2[0] < s1[1]]
+    pairs, reach = [], -1  # reach: the highest end of any earlier span
+    for k, s2 in enumerate(spans):
+        if s2[0] < reach:  # rare (views of one tensor): compare with the earlier ones
+            pairs += [(s1, s2) for s1 in spans[:k] if s2[0] < s1[1]]
+        reach = max(reach, s2[1])
     for (lo1, _, i), (lo2, _, j) in pairs:
         a, b = grads[i], grads[j]
         if a.element_size() != b.element_size() or \
