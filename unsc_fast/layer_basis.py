@@ -95,7 +95,9 @@ def layer_basis(name: str, lm: LayerMoments, rule: Rule, *, include_bias: bool =
     if method not in METHODS:
         raise ValueError(f"unknown basis method {method!r}; choose one of {METHODS}")
     try:
-        C = lm.covariance(include_bias)
+        # the fast method works in float32: a float64 copy of C would double its memory
+        C = lm.covariance(include_bias,
+                          dtype=torch.float32 if method == "fast" else torch.float64)
     except ValueError as exc:
         raise ValueError(f"layer {name!r}: {exc}") from None
     bases, subs, ranks = [], [], []

@@ -137,7 +137,7 @@ def fast_core(C: Tensor, rule: Rule, *, seed: int = 0) -> FastCore:
     d = C.shape[-1]
     A = C.float()
     A = (A + A.mT) / 2
-    total = float(torch.diagonal(C.double()).sum())
+    total = float(torch.diagonal(C).double().sum())  # the trace alone, not a copy of C
     gen = torch.Generator().manual_seed(seed)
     k = max(32, math.ceil(d / 32))
     if isinstance(rule, FixedRank):
