@@ -323,3 +323,35 @@ def test_kernel_compiles_for_hopper_and_ampere(backend):
         pytest.skip("checks for the interpreter run")
     out = run_in_fresh_process(_COMPILE_SCRIPT)
     assert out.returncode == 0 and "compiled" in out.stdout, out.stderr[-3000:]
+
+
+# --------------------------------------------------------------------------- grid limits
+
+def test_more_groups_than_a_grid_holds_are_sliced(backend, monkeypatch):
+    """Past MAX_GROUPS_PER_CALL groups (GPU grids hold 65535 along y/z) the contract hands the
+    backend slices of S and x; the result is the same as one call (limit lowered to 2 so the
+    case is small: 5 groups -> slices of 2, 2, 1)."""
+    monkeypatch.setattr(ops, "MAX_GROUPS_PER_CALL", 2)
+    geom = ConvGeometry((3, 3), stride=(2, 1), pad=(1, 1, 1, 1), groups=5)
+    x = non_contiguous(rand(2, 10, 6, 7, device=backend.device, gen=gen(5)))
+    S = torch.zeros(5, 18, 18, device=backend.device)
+    seen = []
+    _, fn = dispatch.resolve("accumulate_conv", S.device, (S, x, geom), backend.name)
+    monkeypatch.setattr(dispatch, "resolve",
+                        lambda *a, **k: (None, lambda S_, x_, g_: (seen.append(g_.groups),
+                                                                    fn(S_, x_, g_))))
+    ops.accumulate_conv_(S, x, geom, backend=backend.name)
+    assert seen == [2, 2, 1]
+    assert upper_err(S, _expected(x, geom)) <= accumulate_tol(backend, S.dtype, x.dtype)
+
+
+@pytest.mark.parametrize("backend", params("triton"), indirect=True)
+def test_triton_refuses_a_grid_it_cannot_launch(backend):
+    from unsc_fast.kernels.triton import accumulate_conv as tconv
+    from unsc_fast.kernels.triton.common import MAX_GRID_YZ, num_splits
+    g = MAX_GRID_YZ + 1
+    x = torch.zeros(1, g, 1, 1, device=backend.device)
+    S = torch.zeros(g, 1, 1, device=backend.device)
+    with pytest.raises(ValueError, match="grid limit"):
+        tconv.accumulate_conv_(S, x, [1, 1], [1, 1], [0, 0], [1, 1], g, [1, 1], 0, False)
+    assert num_splits(10 ** 6, 10 ** 9, 1, 16, 132) == MAX_GRID_YZ

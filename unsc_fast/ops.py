@@ -30,6 +30,7 @@ sees work to do.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Sequence
@@ -177,6 +178,12 @@ def accumulate_(S: Tensor, X: Tensor, *, backend: str | None = None) -> Tensor:
     return S
 
 
+# GPU kernels put the groups on a grid axis that holds at most 65535 blocks (CUDA's y/z
+# limit, which Triton shares): more groups than that go to the backend in slices (views of
+# S and x, nothing copied), so no backend ever sees a grid it cannot launch.
+MAX_GROUPS_PER_CALL = 65535
+
+
 def accumulate_conv_(S: Tensor, x: Tensor, geom: ConvGeometry, *,
                      backend: str | None = None) -> Tensor:
     """``S[g] += P_gᵀP_g`` over the conv patches of x, in place. See the module docstring."""
@@ -203,7 +210,13 @@ def accumulate_conv_(S: Tensor, x: Tensor, geom: ConvGeometry, *,
     oh, ow = geom.output_size(x.shape[2], x.shape[3])
     _check_no_overflow(S, x, x.shape[0] * oh * ow)
     _, fn = dispatch.resolve("accumulate_conv", S.device, (S, x, geom), backend)
-    fn(S, x, geom)
+    if geom.groups <= MAX_GROUPS_PER_CALL:
+        fn(S, x, geom)
+        return S
+    cg = C // geom.groups
+    for g0 in range(0, geom.groups, MAX_GROUPS_PER_CALL):
+        n = min(MAX_GROUPS_PER_CALL, geom.groups - g0)
+        fn(S[g0:g0 + n], x[:, g0 * cg:(g0 + n) * cg], dataclasses.replace(geom, groups=n))
     return S
 
 

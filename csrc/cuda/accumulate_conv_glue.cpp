@@ -15,6 +15,11 @@ void accumulate_conv_cuda(const at::Tensor& S, const at::Tensor& x, at::IntArray
       check_accumulate_conv(S, x, kernel, stride, padding, dilation, groups, output_size);
   TORCH_CHECK(S.is_cuda(), "unsc_fast::accumulate_conv_ (CUDA): tensors must be on a CUDA device");
   if (g.rows() == 0 || g.d == 0) return;  // safety only: unsc_fast.ops handles empty inputs
+  // The groups lie on grid.z, which holds at most 65535 blocks; the Python contract
+  // (unsc_fast.accumulate_conv_) slices more groups than that into several calls.
+  TORCH_CHECK(g.groups <= 65535, "unsc_fast::accumulate_conv_ (CUDA): ", g.groups,
+              " groups exceed the grid limit 65535; call unsc_fast.accumulate_conv_, which"
+              " slices them");
   const c10::cuda::CUDAGuard guard(S.device());
   UnscConvGeom cg;
   cg.N = g.N; cg.C = g.C; cg.H = g.H; cg.W = g.W;

@@ -18,7 +18,7 @@ from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
 from .common import (
-    add_tile, arch, compute_mode, conv_configs_for, convert, dot_precision, num_splits,
+    MAX_GRID_YZ, add_tile, arch, compute_mode, conv_configs_for, convert, dot_precision, num_splits,
     row_range, sm_count, tilings, upper_tile, upper_tiles,
 )
 
@@ -117,6 +117,10 @@ def accumulate_conv_(S: Tensor, x: Tensor, kernel_size: list[int], stride: list[
     M = N * OH * OW
     if OH <= 0 or OW <= 0 or M == 0 or d == 0:
         return
+    if groups > MAX_GRID_YZ:   # unsc_fast.accumulate_conv_ slices the groups for us
+        raise ValueError(f"unsc_fast_triton::accumulate_conv_: {groups} groups exceed the grid"
+                         f" limit {MAX_GRID_YZ}; call unsc_fast.accumulate_conv_, which slices"
+                         " them")
     sms = sm_count(S.device)
     compute = compute_mode(S.dtype, x.dtype)
 

@@ -29,6 +29,8 @@ KEEP, TO_FP32, TO_FP64 = 0, 1, 2
 # Each split of the rows should cover at least this many BLOCK_K steps, so the cost of adding
 # a tile into S (atomics) stays small against the work that produced it.
 MIN_STEPS_PER_SPLIT = 4
+# Grid axes 1 and 2 hold at most 65535 programs (CUDA's limit, which Triton inherits).
+MAX_GRID_YZ = 65535
 
 
 # ---- precision ------------------------------------------------------------------------------
@@ -123,9 +125,9 @@ def num_splits(requested: int, rows: int, tiles: int, block_k: int, sms: int) ->
     """Row splits per S tile: enough programs for ~2 waves, few enough to amortise atomics."""
     steps = max(1, triton.cdiv(rows, block_k))
     if requested > 0:
-        return max(1, min(requested, steps))
+        return max(1, min(requested, steps, MAX_GRID_YZ))
     want = triton.cdiv(2 * sms, max(1, tiles))
-    return max(1, min(want, triton.cdiv(steps, MIN_STEPS_PER_SPLIT)))
+    return max(1, min(want, triton.cdiv(steps, MIN_STEPS_PER_SPLIT), MAX_GRID_YZ))
 
 
 def upper_tiles(d: int, block_d: int) -> int:
