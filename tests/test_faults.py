@@ -145,6 +145,53 @@ def test_commit_is_all_or_nothing_when_a_rename_fails(tmp_path, monkeypatch):
     assert _snapshot(tmp_path) == {"a": b"new", "b": b"old b", "c": b"new"}
 
 
+def _staged(tmp_path, names=("a", "b", "c")):
+    tx = Outputs()
+    for n in names:
+        tx.plan(tmp_path / n)
+    for n in names:
+        tx.stage(tmp_path / n, lambda f, n=n: f.write(b"new " + n.encode()))
+    return tx
+
+
+def test_ctrl_c_during_commit_waits_until_every_output_is_in_place(tmp_path, monkeypatch):
+    (tmp_path / "a").write_bytes(b"old a")
+    real = os.replace
+
+    def interrupted(src, dst):          # Ctrl-C arrives between the first and second rename
+        real(src, dst)
+        if str(dst).endswith("a"):
+            os.kill(os.getpid(), signal.SIGINT)
+    tx = _staged(tmp_path)
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tx.commit()
+    monkeypatch.setattr(os, "replace", real)
+    assert _snapshot(tmp_path) == {"a": b"new a", "b": b"new b", "c": b"new c"}
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_second_ctrl_c_cannot_cut_the_roll_back_short(tmp_path, monkeypatch):
+    """A rename fails, the roll-back starts, and Ctrl-C arrives during it: the user's old
+    files are all restored first, and no backup is left behind."""
+    (tmp_path / "a").write_bytes(b"old a")
+    (tmp_path / "b").write_bytes(b"old b")
+    real = os.replace
+
+    def flaky(src, dst):
+        if str(src).endswith(".tmp") and str(dst).endswith("c"):
+            raise OSError(28, "No space left on device")
+        if str(src).endswith(".bak"):                 # restoring: the second Ctrl-C
+            os.kill(os.getpid(), signal.SIGINT)
+        real(src, dst)
+    tx = _staged(tmp_path)
+    monkeypatch.setattr(os, "replace", flaky)
+    with pytest.raises((KeyboardInterrupt, OSError)):
+        tx.commit()
+    monkeypatch.setattr(os, "replace", real)
+    assert _snapshot(tmp_path) == {"a": b"old a", "b": b"old b"}
+
+
 def test_outputs_refuse_the_same_path_twice_and_create_planned_dirs(tmp_path):
     with Outputs() as tx:
         tx.plan(tmp_path / "x.json")

@@ -6,9 +6,11 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -40,6 +42,34 @@ def atomic_save(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> 
             os.unlink(tmp)
         raise
     return path
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back until the block ends, then deliver the first one.
+
+    A rename set or its roll-back is cut short by a second Ctrl-C as surely as by the first:
+    the user's old file would stay replaced, or a backup stranded. The blocks that must finish
+    (commit, roll-back, clean-up) are short, so the signal waits for them. Only the main
+    thread can set handlers; elsewhere the block runs as is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    old = {s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in held}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if got:
+            h = old[got[0]]
+            if callable(h):
+                h(got[0], None)           # e.g. default_int_handler: KeyboardInterrupt here
+            elif h == signal.SIG_DFL:
+                os.kill(os.getpid(), got[0])
 
 
 def _write_temp(path: Path, write: Callable[[IO[bytes]], None]) -> str:
@@ -190,7 +220,15 @@ class Outputs:
         return p
 
     def commit(self) -> list[Path]:
-        """Rename every staged file into place; all or nothing. Returns the paths."""
+        """Rename every staged file into place; all or nothing. Returns the paths.
+
+        SIGINT and SIGTERM wait until the renames (or their roll-back) are done: an interrupt
+        during commit is raised after it, with every output in place.
+        """
+        with signals_deferred():
+            return self._commit()
+
+    def _commit(self) -> list[Path]:
         done: list[tuple[Path, str | None]] = []       # (target, backup of its old content)
         try:
             for p, tmp in self._staged.items():
@@ -217,10 +255,15 @@ class Outputs:
             self._created.clear()
             return paths
         finally:
-            self.abort()
+            self._abort()
 
     def abort(self) -> None:
-        """Remove every staged temporary file (and directories staging created)."""
+        """Remove every staged temporary file (and directories staging created); a second
+        Ctrl-C waits until that is done."""
+        with signals_deferred():
+            self._abort()
+
+    def _abort(self) -> None:
         for tmp in self._staged.values():
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
