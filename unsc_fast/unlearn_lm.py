@@ -53,8 +53,8 @@ from .reference import pseudo_labels
 from .unlearn import (LossCalibration, ProjectedSGD, UnlearnReport, build_bases,
                       check_finite_outputs, finish_unlearning, freeze_for_unlearning)
 
-__all__ = ["unlearn_lm", "LMUnlearnResult", "LMUnlearnReport", "lm_pseudo_labels",
-           "answer_nll", "check_lm_batch", "lm_layers", "IGNORE"]
+__all__ = ["unlearn_lm", "lm_bases", "LMUnlearnResult", "LMUnlearnReport", "lm_pseudo_labels",
+           "answer_nll", "answer_mask", "check_lm_batch", "lm_layers", "IGNORE"]
 
 IGNORE = -100   # the label of a position that is not an answer token (HF convention)
 _MODES = ("sample", "token")
@@ -329,7 +329,7 @@ def unlearn_lm(model: nn.Module, forget: Iterable, retain: Iterable | None = Non
     if bases is not None:
         bases.check(model)
     else:
-        layers = lm_layers(model) if layers is None else list(select_layers(model, layers))
+        select_layers(model, layers)   # bad names raise before any data is read
     device = helpers.model_device(model)
     vocab = _vocab_size(model)
     report = LMUnlearnReport(mode=mode, loss=loss)
@@ -352,10 +352,9 @@ def unlearn_lm(model: nn.Module, forget: Iterable, retain: Iterable | None = Non
             report.time_labels = time.perf_counter() - t
             report.forget_samples, report.forget_tokens = labels.sequences, labels.tokens
             if bases is None:
-                retain_inputs = _RetainInputs(retain, vocab)
-                bases = build_bases(model, retain_inputs, rule, report, layers=layers,
-                                    method=method, backend=backend, dtype=stats_dtype,
-                                    max_tokens=max_retain_tokens, progress=progress)
+                bases = lm_bases(model, retain, rule, method=method, layers=layers,
+                                 max_retain_tokens=max_retain_tokens, stats_dtype=stats_dtype,
+                                 backend=backend, progress=progress, report=report)
             report.record_bases(bases)
             unlearned = _train(model, forget, bases, labels, report, lr, epochs, max_steps,
                                mode, loss, backend, progress, device)
@@ -363,6 +362,22 @@ def unlearn_lm(model: nn.Module, forget: Iterable, retain: Iterable | None = Non
         model.train(was)
     check_finite_outputs(unlearned, labels.probe, lr, epochs)
     return LMUnlearnResult(finish_unlearning(unlearned), bases, report)
+
+
+def lm_bases(model: nn.Module, retain: Iterable, rule: Rule | str = "energy:0.99", *,
+             method: str = "fast", layers: Iterable[str] | str | None = None,
+             max_retain_tokens: int | None = None, stats_dtype: torch.dtype = torch.float32,
+             backend: str | None = None, progress: bool = True,
+             report: UnlearnReport | None = None) -> NullSpace:
+    """The bases :func:`unlearn_lm` computes: statistics of ``layers`` (default
+    :func:`lm_layers`) over the real tokens of ``retain`` (checked against the data
+    contract; ``labels`` optional and unused), then the bases under ``rule`` by ``method``.
+    Phase times go into ``report`` when given. Reuse them with ``unlearn_lm(bases=...)``."""
+    layers = lm_layers(model) if layers is None else list(select_layers(model, layers))
+    return build_bases(model, _RetainInputs(retain, _vocab_size(model)), parse_rule(rule),
+                       report if report is not None else UnlearnReport(), layers=layers,
+                       method=method, backend=backend, dtype=stats_dtype,
+                       max_tokens=max_retain_tokens, progress=progress)
 
 
 class _RetainInputs:
