@@ -95,7 +95,7 @@ def test_idk_batch_keeps_the_question_and_replaces_the_answer():
 
 
 def test_idk_teaches_the_idk_answer(task):
-    res = M.run_method("idk", task, epochs=5)
+    res = M.run_method("idk", task, epochs=3)
     g = torch.Generator().manual_seed(0)
     new = [M.idk_batch(b, IDK[:1], EOS, PAD, g) for b in task.forget]
     with torch.no_grad():

@@ -24,8 +24,10 @@ Which loss pushes a sequence in ``"sample"`` mode (``loss=``): ``"pseudo"`` (def
 is the paper's calibration applied per token, cross-entropy towards the pseudo-label tokens
 (mean over the sequence's answer tokens), while the sequence is below target; ``"ascent"`` is
 the classifier sample mode's rule, ``log(target) - log(answer loss)``, which raises the true
-tokens' loss without choosing where the probability goes. See the report of the run that
-chose the default in ``docs/reproduction.md`` § "Language models".
+tokens' loss without choosing where the probability goes. ``"pseudo"`` is the default because
+it is the paper's calibration (the probability moves to the original's second choice, a
+plausible answer, not to noise) and the per-sequence stop bounds it; which of the two lands
+closer to retrain on the TOFU-style task is still to be measured (issue #14).
 
 Batches follow the Hugging Face convention: dicts of ``input_ids`` [B, T],
 ``attention_mask`` [B, T] (1 = real token, right padding) and ``labels`` [B, T] equal to
