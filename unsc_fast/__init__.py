@@ -6,7 +6,8 @@ The pieces, in the order UNSC uses them::
     bases = unsc_fast.NullSpace.from_moments(moments, "energy:0.99")  # core / null bases
     loss.backward(); unsc_fast.project_(model, bases); optimizer.step()
 
-or the whole job: ``unsc_fast.unlearn(model, forget_loader, retain_loader, forget_classes=[3])``.
+or the whole job: ``unsc_fast.unlearn(model, forget_loader, retain_loader, forget_classes=[3])``
+(a classifier) or ``unsc_fast.unlearn_lm(model, forget, retain, holdout=...)`` (a causal LM).
 
 Floors: this package is the library core; :mod:`unsc_fast.lab` (data, models, metrics,
 baselines) and :mod:`unsc_fast.cli` (the command line) sit above it and are imported only on
@@ -34,11 +35,13 @@ from .reference import pseudo_labels
 from .rules import EigenFloor, Energy, FixedRank, Threshold, parse_rule
 from .stats import LayerMoments, SecondMoments
 from .unlearn import UnlearnReport, UnlearnResult, freeze_for_unlearning, unlearn
+from .unlearn_lm import LMUnlearnReport, LMUnlearnResult, unlearn_lm
 
 __version__ = "0.1.0"
 __all__ = [
     "SecondMoments", "LayerMoments", "NullSpace", "LayerBasis", "Energy", "EigenFloor",
     "Threshold", "FixedRank", "parse_rule", "project_", "projected_backward", "unlearn",
-    "UnlearnResult", "UnlearnReport", "freeze_for_unlearning", "pseudo_labels",
+    "UnlearnResult", "UnlearnReport", "freeze_for_unlearning", "unlearn_lm", "LMUnlearnResult",
+    "LMUnlearnReport", "pseudo_labels",
     "accumulate_", "accumulate_conv_", "project_grads_", "ConvGeometry", "dispatch", "ops", "reference",
 ]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -33,12 +33,16 @@ def progress(data: Iterable, enabled: bool, desc: str) -> Iterator[Iterable]:
 @torch.no_grad()
 def nonfinite_outputs(model: nn.Module, x: torch.Tensor) -> int:
     """How many samples of the probe batch ``x`` give a NaN/Inf output (eval mode; the
-    model's mode is restored)."""
+    model's mode is restored). ``x``: a tensor, or a mapping of keyword inputs (a language
+    model's ``input_ids`` and ``attention_mask``: its ``logits`` are checked)."""
     was = model.training
     model.eval()
     try:
-        out = model(x)
+        out = model(**x) if isinstance(x, Mapping) else model(x)
     finally:
         model.train(was)
+    out = getattr(out, "logits", out)
+    if isinstance(x, Mapping):
+        x = next(v for v in x.values() if isinstance(v, torch.Tensor))
     out = out.reshape(len(x), -1) if out.dim() else out.reshape(1, 1)
     return int((~torch.isfinite(out)).any(-1).sum())

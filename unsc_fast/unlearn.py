@@ -7,7 +7,7 @@ import math
 import operator
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -40,6 +40,14 @@ class UnlearnReport:
     def as_dict(self) -> dict:
         """The report as plain JSON-able values (field name -> value)."""
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    def record_bases(self, bases: NullSpace) -> None:
+        """Note the ranks, dims and warnings of ``bases``, and issue the warnings."""
+        self.ranks = {n: list(lb.ranks) for n, lb in bases.items()}
+        self.dims = {n: lb.d for n, lb in bases.items()}
+        self.warnings = bases.warnings()
+        for w in self.warnings:
+            warnings.warn(w, RuntimeWarning, stacklevel=3)
 
 
 @dataclass
@@ -172,6 +180,101 @@ def _sample_mode_loss(original: nn.Module, unlearned: nn.Module, calib: LossCali
         int(active.sum())
 
 
+def build_bases(model: nn.Module, retain: Iterable | None, rule: Rule | str,
+                report: UnlearnReport, *, moments: SecondMoments | None = None,
+                layers: Iterable[str] | str | None = None, method: str = "eigh",
+                include_bias: bool = False, backend: str | None = None,
+                dtype: torch.dtype = torch.float32, max_samples: int | None = None,
+                max_tokens: int | None = None, progress: bool = True) -> NullSpace:
+    """UNSC's first two phases, timed into ``report``: the second moments of the layer inputs
+    over ``retain`` (skipped when ``moments`` is given; ``layers``, ``dtype``,
+    ``include_bias``, ``backend`` as in :class:`SecondMoments`, budgets as in its
+    ``collect``), then the bases under ``rule`` (``method`` as in
+    :meth:`NullSpace.from_moments`). The bases are stored in the statistics' dtype."""
+    t = time.perf_counter()
+    if moments is None:
+        moments = SecondMoments(model, layers=layers, include_bias=include_bias,
+                                backend=backend, dtype=dtype)
+        moments.collect(retain, device=helpers.model_device(model), max_samples=max_samples,
+                        max_tokens=max_tokens, progress=progress)
+    report.time_stats = time.perf_counter() - t
+    t = time.perf_counter()
+    bases = NullSpace.from_moments(moments, rule, include_bias=include_bias,
+                                   progress=progress, method=method, dtype=moments.dtype)
+    report.time_bases = time.perf_counter() - t
+    return bases
+
+
+class ProjectedSGD:
+    """Plain SGD (no momentum, no weight decay: both would leave the null space, spec § 1.5)
+    whose every step is projected onto the null spaces of ``bases`` (``None``: unprojected).
+
+    A context manager: inside it, :meth:`step` checks the loss is finite, back-propagates
+    it, projects and steps. Linear layers are projected inside ``backward()`` when that is
+    cheaper (:func:`unsc_fast.projected_backward`), the others by :func:`unsc_fast.project_`
+    after it. Shared by :func:`unlearn` and :func:`unsc_fast.unlearn_lm`. Example::
+
+        with ProjectedSGD(model, params, bases, lr=0.01) as opt:
+            for x, y in forget:
+                opt.step(loss_fn(model(x), y), epoch=0)
+    """
+
+    def __init__(self, model: nn.Module, params: list[nn.Parameter], bases: NullSpace | None,
+                 lr: float, *, backend: str | None = None) -> None:
+        self.model, self.bases, self.lr, self.backend = model, bases, lr, backend
+        self.optimizer = torch.optim.SGD(params, lr=lr, momentum=0.0, weight_decay=0.0)
+        self._block = projected_backward(model, bases, backend=backend) \
+            if bases is not None else contextlib.nullcontext(None)
+        self._rest: NullSpace | None = None
+
+    def __enter__(self) -> "ProjectedSGD":
+        self._rest = self._block.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> bool | None:
+        self._rest = None
+        return self._block.__exit__(*exc)
+
+    def step(self, loss: torch.Tensor, epoch: int) -> float:
+        """One projected step on ``loss`` (a scalar); returns its value. A loss that does not
+        depend on the parameters (nothing left to move) takes no step. Raises
+        ``FloatingPointError`` on a NaN/Inf loss, before any update from it."""
+        value = loss.item()
+        if not math.isfinite(value):
+            raise FloatingPointError(
+                f"the unlearning loss became {value} in epoch {epoch} (lr={self.lr}); lower lr"
+                " or check D_f for NaN/Inf. The original model is unchanged")
+        if not loss.requires_grad:
+            return value
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self._rest:
+            project_(self.model, self._rest, backend=self.backend)
+        self.optimizer.step()
+        return value
+
+
+def check_finite_outputs(model: nn.Module, probe, lr: float, epochs: int) -> None:
+    """Raise ``FloatingPointError`` if ``model`` gives NaN/Inf outputs on ``probe`` (a batch
+    of D_f inputs: a tensor, or a mapping such as ``{"input_ids", "attention_mask"}``)
+    although every training loss was finite: a step diverged."""
+    n = helpers.nonfinite_outputs(model, probe)
+    if n:
+        rows = len(next(iter(probe.values()))) if isinstance(probe, Mapping) else len(probe)
+        raise FloatingPointError(
+            f"after unlearning (lr={lr}, {epochs} epoch(s)) the model's outputs are NaN/Inf"
+            f" on {n} of {rows} probe samples of D_f, although every loss was"
+            " finite: a step diverged. Lower lr; the original model is unchanged")
+
+
+def finish_unlearning(model: nn.Module) -> nn.Module:
+    """Hand an unlearned copy back: eval mode, every parameter trainable again."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
 def unlearn(model: nn.Module, forget: Iterable, retain: Iterable | None = None, *,
             forget_classes: Sequence[int] | None = None, bases: NullSpace | None = None,
             moments: SecondMoments | None = None, rule: Rule | str = "energy:0.99",
@@ -254,23 +357,11 @@ def unlearn(model: nn.Module, forget: Iterable, retain: Iterable | None = None, 
 
     report = UnlearnReport(forget_samples=n_forget)
     if project and bases is None:
-        t = time.perf_counter()
-        if moments is None:
-            moments = SecondMoments(model, include_bias=include_bias, backend=backend,
-                                    dtype=stats_dtype)
-            moments.collect(retain, device=device, max_samples=max_retain_samples,
-                            progress=progress)
-        report.time_stats = time.perf_counter() - t
-        t = time.perf_counter()
-        bases = NullSpace.from_moments(moments, rule, include_bias=include_bias,
-                                       progress=progress)
-        report.time_bases = time.perf_counter() - t
+        bases = build_bases(model, retain, rule, report, moments=moments,
+                            include_bias=include_bias, backend=backend, dtype=stats_dtype,
+                            max_samples=max_retain_samples, progress=progress)
     if project:
-        report.ranks = {n: list(lb.ranks) for n, lb in bases.items()}
-        report.dims = {n: lb.d for n, lb in bases.items()}
-        report.warnings = bases.warnings()
-        for w in report.warnings:
-            warnings.warn(w, RuntimeWarning, stacklevel=2)
+        report.record_bases(bases)
 
     original = model
     original_mode = original.training
@@ -282,16 +373,8 @@ def unlearn(model: nn.Module, forget: Iterable, retain: Iterable | None = None, 
     finally:
         original.train(original_mode)
     if probe is not None:
-        from .helpers import nonfinite_outputs
-        n = nonfinite_outputs(unlearned, probe)
-        if n:
-            raise FloatingPointError(
-                f"after unlearning (lr={lr}, {epochs} epoch(s)) the model's outputs are NaN/Inf"
-                f" on {n} of {len(probe)} probe samples of D_f, although every loss was"
-                " finite: a step diverged. Lower lr; the original model is unchanged")
-    unlearned.eval()
-    for p in unlearned.parameters():
-        p.requires_grad_(True)
+        check_finite_outputs(unlearned, probe, lr, epochs)
+    finish_unlearning(unlearned)
     return UnlearnResult(unlearned, bases if project else None, report)
 
 
@@ -320,7 +403,6 @@ def _run(original, forget, bases, project, lr, epochs, relabel, seed, dropout, b
     params = freeze_for_unlearning(unlearned, bases if project else None, dropout)
     if project:
         bases = bases.to(device=device, dtype=params[0].dtype)
-    opt = torch.optim.SGD(params, lr=lr, momentum=0.0, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
     calib = None
     if mode == "sample":
@@ -329,12 +411,9 @@ def _run(original, forget, bases, project, lr, epochs, relabel, seed, dropout, b
 
     t = time.perf_counter()
     epochs_iter = range(epochs)
-    # Linear layers are projected inside backward (from their inputs when that is cheaper);
-    # `rest` holds the other layers' bases, projected after backward.
-    in_backward = projected_backward(unlearned, bases, backend=backend) if project \
-        else contextlib.nullcontext(None)
     with helpers.progress(epochs_iter, progress and epochs > 1, "unlearning") as bar, \
-            in_backward as rest:
+            ProjectedSGD(unlearned, params, bases if project else None, lr,
+                         backend=backend) as opt:
         for _ in bar:
             total, count, moving = 0.0, 0, 0
             for x, y in _batches(forget):
@@ -351,17 +430,7 @@ def _run(original, forget, bases, project, lr, epochs, relabel, seed, dropout, b
                             scores = torch.rand(scores.shape, generator=gen).to(scores)
                         target = pseudo_labels(scores, y, forget_classes)
                     loss = F.cross_entropy(unlearned(x), target)
-                value = loss.item()
-                if not math.isfinite(value):
-                    raise FloatingPointError(
-                        f"the unlearning loss became {value} in epoch {len(report.epoch_loss)}"
-                        f" (lr={lr}); lower lr or check D_f for NaN/Inf. The original model is"
-                        " unchanged")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if rest:
-                    project_(unlearned, rest, backend=backend)
-                opt.step()
+                value = opt.step(loss, epoch=len(report.epoch_loss))
                 total += value * len(x)
                 count += len(x)
             report.epoch_loss.append(total / count)

@@ -76,18 +76,31 @@ class MethodResult:
 METHODS: dict[str, Callable[..., MethodResult]] = {}
 
 
-def register(name: str):
-    def deco(fn):
-        METHODS[name] = fn
-        return fn
-    return deco
+def registrar(methods: dict[str, Callable[..., MethodResult]]) -> Callable:
+    """A ``@register(name)`` decorator that records methods in ``methods``."""
+    def register(name: str):
+        def deco(fn):
+            methods[name] = fn
+            return fn
+        return deco
+    return register
+
+
+register = registrar(METHODS)
 
 
 def run_method(name: str, task: Task, **hp) -> MethodResult:
     """Run method ``name`` with hyperparameters ``hp`` (unknown ones are an error)."""
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
-    fn = METHODS[name]
+    return call_method(METHODS, name, task, **hp)
+
+
+def call_method(methods: dict[str, Callable[..., MethodResult]], name: str, task, **hp
+                ) -> MethodResult:
+    """Run ``methods[name](task, **hp)`` from ``task.seed``'s RNG state, timed; unknown names
+    and hyperparameters are an error."""
+    if name not in methods:
+        raise ValueError(f"unknown method {name!r}; choose one of {sorted(methods)}")
+    fn = methods[name]
     params = inspect.signature(fn).parameters
     allowed = [p for p in params if p != "task"]
     unknown = sorted(set(hp) - set(allowed))

@@ -1,0 +1,227 @@
+"""``unsc_fast.unlearn_lm``: UNSC for causal LMs (tiny random LLaMA / GPT-2, CPU, seconds).
+
+The retained data has fewer tokens (21) than any layer has input features (32), so
+``energy:1`` leaves a real null space and a projected step must leave the logits on the
+retained sequences unchanged (float64), where an unprojected one moves them."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+import unsc_fast  # noqa: E402
+from unsc_fast.unlearn import ProjectedSGD, freeze_for_unlearning  # noqa: E402
+from unsc_fast.unlearn_lm import (_sequence_loss, answer_nll, lm_layers,  # noqa: E402
+                                  lm_pseudo_labels)
+
+from lm_helpers import (EOS, batches, collate, gpt2, llama, logits, qa,  # noqa: E402
+                        random_seqs, rel_change)
+
+EXACT = dict(rule="energy:1", method="eigh", mode="token", lr=1.0, epochs=1, max_steps=1,
+             stats_dtype=torch.float64, progress=False)
+
+
+@pytest.fixture(scope="module")
+def data():
+    retain = batches(random_seqs(3, 1, q=(3, 3), a=(3, 3)), 3)   # 3 x 7 = 21 tokens < 32
+    forget = batches(random_seqs(4, 2), 2)
+    holdout = batches(random_seqs(6, 3), 3)
+    return retain, forget, holdout
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_pseudo_labels_on_constructed_logits():
+    labels = torch.tensor([[-100, -100, 3, 4, -100], [-100, 2, 2, -100, -100]])
+    logits = torch.zeros(2, 5, 6)
+    logits[0, 1, 3] = 5.0; logits[0, 1, 1] = 4.0      # argmax is the true token 3: next is 1
+    logits[0, 2, 2] = 5.0                               # argmax 2 is not the true token 4
+    logits[1, 0, 2] = 5.0; logits[1, 0, 5] = 1.0        # true 2 is argmax: next is 5
+    logits[1, 1, 0] = 9.0                               # argmax 0, true 2
+    logits[0, 3] = 100.0; logits[1, 3, 4] = 100.0       # non-answer positions: ignored
+    out = lm_pseudo_labels(logits, labels)
+    assert out.tolist() == [[-100, -100, 1, 2, -100], [-100, 5, 0, -100, -100]]
+    g = torch.Generator().manual_seed(0)                # random: never the true token, else
+    logits = torch.randn(4, 9, 7, generator=g)          # the argmax
+    labels = torch.randint(0, 7, (4, 9), generator=g)
+    labels[:, :3] = -100
+    out = lm_pseudo_labels(logits, labels)
+    pos = labels[:, 1:] != -100
+    got, true, lg = out[:, 1:][pos], labels[:, 1:][pos], logits[:, :-1][pos]
+    assert (got != true).all() and (out[:, 1:][~pos] == -100).all() and (out[:, 0] == -100).all()
+    top2 = lg.topk(2, dim=1).indices
+    assert torch.equal(got, torch.where(top2[:, 0] == true, top2[:, 1], top2[:, 0]))
+
+
+def test_projected_step_keeps_retained_logits(data):
+    retain, forget, _ = data
+    model = llama(torch.float64)
+    before = [logits(model, b) for b in retain]
+    res = unsc_fast.unlearn_lm(model, forget, retain, **EXACT)
+    assert res.report.steps == 1
+    assert all(lb.d - lb.ranks[0] > 0 for lb in res.bases.values())
+    assert max(rel_change(b, logits(res.model, r)) for b, r in zip(before, retain)) < 1e-5
+    assert rel_change(logits(model, forget[0]), logits(res.model, forget[0])) > 1e-3
+
+    # the same step without projection moves the retained logits
+    free = llama(torch.float64)
+    params = freeze_for_unlearning(free, res.bases)
+    b = forget[0]
+    pseudo = lm_pseudo_labels(free(input_ids=b["input_ids"]).logits, b["labels"]).detach()
+    with ProjectedSGD(free, params, None, 1.0) as opt:
+        out = free(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        opt.step(_sequence_loss(out, b["labels"], pseudo, None, "token", "pseudo")[0], 0)
+    assert rel_change(before[0], logits(free, retain[0])) > 1e-3
+
+
+def test_default_layers_are_the_projections():
+    names = lm_layers(llama())
+    assert len(names) == 14 and "lm_head" not in names
+    assert all(".self_attn." in n or ".mlp." in n for n in names)
+    names = lm_layers(gpt2())
+    assert len(names) == 8 and all(".attn." in n or ".mlp." in n for n in names)
+
+
+def test_padding_does_not_enter_the_statistics(data):
+    retain, forget, _ = data
+    seqs = random_seqs(3, 1, q=(3, 3), a=(3, 3))
+    padded = collate(seqs, length=11)
+    padded["input_ids"][:, 7:] = torch.tensor([5, 9, 33, 60])   # junk under the mask
+    model = llama(torch.float64)
+    a = unsc_fast.unlearn_lm(model, forget, [padded], **EXACT)
+    b = unsc_fast.unlearn_lm(model, forget, [collate([s]) for s in seqs], **EXACT)
+    assert a.report.ranks == b.report.ranks
+    for (n, p), q in zip(a.model.named_parameters(), b.model.parameters()):
+        assert torch.allclose(p, q, atol=1e-10), n
+
+
+def test_a_sequence_at_its_target_gets_no_gradient():
+    logits = torch.randn(2, 6, 10, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([[-100, -100, 3, 4, 1, -100], [-100, -100, 5, 6, 7, 1]])
+    pseudo = lm_pseudo_labels(logits.detach(), labels)
+    true = answer_nll(logits.detach(), labels)
+    target = torch.stack([true[0] + 1.0, true[1]])     # row 1 already at its target
+    for loss in ("pseudo", "ascent"):
+        value, active = _sequence_loss(logits, labels, pseudo, target, "sample", loss)
+        grad, = torch.autograd.grad(value, logits)
+        assert active == 1
+        assert grad[0].abs().sum() > 0 and grad[1].abs().sum() == 0, loss
+
+
+def test_sample_mode_stops_when_every_sequence_looks_unseen(data):
+    """Held-out data equal to the forget set: every target is the sequence's own loss, so no
+    sequence moves, the run stops after one epoch and the weights stay."""
+    retain, forget, _ = data
+    model = llama(torch.float64)
+    res = unsc_fast.unlearn_lm(model, forget, retain, holdout=forget, lr=1.0, epochs=5,
+                               progress=False)
+    assert res.report.active == [0.0] and len(res.report.epoch_loss) == 1
+    for p, q in zip(res.model.parameters(), model.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_sample_mode_raises_the_forget_loss_and_stops(data):
+    retain, forget, holdout = data
+    model = llama()
+    res = unsc_fast.unlearn_lm(model, forget, retain, holdout=holdout, lr=0.5, epochs=30,
+                               progress=False)
+    r = res.report
+    assert r.mode == "sample" and r.forget_samples == 4 and r.forget_tokens > 0
+    assert len(r.active) == len(r.epoch_loss) and r.active[0] > 0
+    before = torch.cat([answer_nll(model(**_inputs(b)).logits, b["labels"]) for b in forget])
+    after = torch.cat([answer_nll(res.model(**_inputs(b)).logits, b["labels"]) for b in forget])
+    assert after.mean() > before.mean()
+    assert r.time_labels > 0 and r.time_stats > 0 and r.time_unlearn > 0
+
+
+def _inputs(b):
+    return {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]}
+
+
+def test_input_model_is_unchanged(data):
+    retain, forget, holdout = data
+    model = llama()
+    model.train()
+    state = _state(model)
+    res = unsc_fast.unlearn_lm(model, forget, retain, holdout=holdout, epochs=2, progress=False)
+    assert model.training and res.model is not model and not res.model.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    assert all(p.requires_grad for p in model.parameters())
+
+
+class _Watched(list):
+    """A list of batches that records whether a batch was read."""
+    read = False
+
+    def __iter__(self):
+        for b in super().__iter__():
+            self.read = True
+            yield b
+
+
+def _bad_cases(forget):
+    good = forget[0]
+    no_answer = dict(good, labels=torch.full_like(good["labels"], -100))
+    shifted = dict(good, labels=torch.roll(good["labels"], -1, dims=1))
+    out_of_vocab = dict(good, input_ids=good["input_ids"].clone())
+    out_of_vocab["input_ids"][0, 0] = 64
+    missing = {k: v for k, v in good.items() if k != "labels"}
+    return [
+        (dict(forget=[]), "empty"),
+        (dict(forget=[missing]), "lacks"),
+        (dict(forget=[no_answer]), "no answer token"),
+        (dict(forget=[shifted]), "differ from input_ids"),
+        (dict(forget=[out_of_vocab]), "vocabulary"),
+        (dict(forget=[(good["input_ids"], good["labels"])]), "expected a dict"),
+        (dict(rule="energy:2"), "nergy"),
+        (dict(lr=-1.0), "lr"),
+        (dict(epochs=1.5), "epochs"),
+        (dict(mode="class"), "mode"),
+        (dict(loss="kl"), "loss"),
+        (dict(holdout=None), "holdout"),
+        (dict(method="svd"), "method"),
+        (dict(forget=iter(forget)), "re-iterable"),
+        (dict(layers=["model.nothing"]), "nothing"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(15))
+def test_bad_input_raises_before_any_state_change(data, case):
+    retain, forget, holdout = data
+    kwargs, match = _bad_cases(forget)[case]
+    model = llama()
+    state = _state(model)
+    watched = _Watched(retain)
+    args = dict(forget=forget, retain=watched, holdout=holdout, progress=False) | kwargs
+    with pytest.raises((ValueError, TypeError, KeyError), match=match):
+        unsc_fast.unlearn_lm(model, **args)
+    assert not watched.read, "the statistics were started before the error"
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k])
+
+
+def test_bases_of_another_model_refused(data):
+    retain, forget, _ = data
+    bases = unsc_fast.unlearn_lm(llama(), forget, retain, **EXACT).bases
+    with pytest.raises((KeyError, ValueError, TypeError)):
+        unsc_fast.unlearn_lm(gpt2(), forget, bases=bases, **{k: v for k, v in EXACT.items()
+                                                          if k not in ("rule", "method")})
+
+
+def test_gpt2_conv1d(data):
+    retain, forget, _ = data
+    model = gpt2(torch.float64)
+    before = logits(model, retain[0])
+    res = unsc_fast.unlearn_lm(model, forget, retain, **EXACT)
+    assert rel_change(before, logits(res.model, retain[0])) < 1e-5
+    assert not torch.equal(res.model.transformer.h[0].mlp.c_fc.weight,
+                           model.transformer.h[0].mlp.c_fc.weight)
+
+
+def test_qa_helper_obeys_the_contract():
+    ids, lab = qa([5, 6], [7])
+    assert ids == [5, 6, 7, EOS] and lab == [-100, -100, 7, EOS]

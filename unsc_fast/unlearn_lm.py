@@ -1,0 +1,454 @@
+"""UNSC for causal language models: forget some sequences' answers inside D_r's null space.
+
+The classifier job (:func:`unsc_fast.unlearn`) transposed to a causal LM (spec § 5):
+
+1. **Statistics and bases** of every attention and MLP projection over the retained
+   sequences, padding excluded (:class:`SecondMoments` filters by ``attention_mask`` and lets
+   q/k/v and gate/up share one statistic).
+2. **Pseudo-labels per token**, computed once from the original model before any update: at
+   each answer position, the token the original model scores highest other than the true one
+   (teacher-forced on the true prefix: ``logits[:, t - 1]`` predicts token ``t``).
+3. **Projected plain SGD** (no momentum, no weight decay: spec § 1.5) on the forget set,
+   every covered weight gradient projected onto the null space (:class:`ProjectedSGD`).
+
+Over-unlearning guard (``mode="sample"``, the default): forgotten entities should look like
+unseen ones, not like garbage. Each forget sequence gets a target for its *answer loss* (mean
+NLL over its answer tokens) from the original model's answer losses on ``holdout`` (QA of
+entities it never saw), by the same rank-to-quantile map as the classifier's sample mode
+(:class:`LossCalibration`, one class). A sequence is pushed only while its answer loss is
+below its target, and the run stops once no sequence moved for a whole epoch.
+``mode="token"`` is the paper's rule without the guard: every answer token towards its
+pseudo-label for every epoch.
+
+Which loss pushes a sequence in ``"sample"`` mode (``loss=``): ``"pseudo"`` (default)
+is the paper's calibration applied per token, cross-entropy towards the pseudo-label tokens
+(mean over the sequence's answer tokens), while the sequence is below target; ``"ascent"`` is
+the classifier sample mode's rule, ``log(target) - log(answer loss)``, which raises the true
+tokens' loss without choosing where the probability goes. ``"pseudo"`` is the default because
+it is the paper's calibration (the probability moves to the original's second choice, a
+plausible answer, not to noise) and the per-sequence stop bounds it; which of the two lands
+closer to retrain on the TOFU-style task is still to be measured (issue #14).
+
+Batches follow the Hugging Face convention: dicts of ``input_ids`` [B, T],
+``attention_mask`` [B, T] (1 = real token, right padding) and ``labels`` [B, T] equal to
+``input_ids`` at answer tokens (the EOS ending the answer included) and -100 elsewhere,
+unshifted. ``transformers`` is never imported here: any module with
+``model(input_ids=, attention_mask=).logits`` works (LLaMA's ``nn.Linear``, GPT-2's
+``Conv1D``).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import helpers
+from .bases import NullSpace, Rule, parse_rule
+from .layers import select_layers
+from .reference import pseudo_labels
+from .unlearn import (LossCalibration, ProjectedSGD, UnlearnReport, build_bases,
+                      check_finite_outputs, finish_unlearning, freeze_for_unlearning)
+
+__all__ = ["unlearn_lm", "lm_bases", "LMUnlearnResult", "LMUnlearnReport", "lm_pseudo_labels",
+           "answer_nll", "answer_mask", "check_lm_batch", "lm_layers", "IGNORE"]
+
+IGNORE = -100   # the label of a position that is not an answer token (HF convention)
+_MODES = ("sample", "token")
+_LOSSES = ("pseudo", "ascent")
+
+
+@dataclass
+class LMUnlearnReport(UnlearnReport):
+    """:class:`UnlearnReport` of :func:`unlearn_lm`: ``forget_samples`` counts sequences;
+    ``active`` is the share of forget sequences still below their target per epoch
+    (``mode="sample"``)."""
+
+    time_labels: float = 0.0      # pseudo-labels (and targets) from the original model
+    forget_tokens: int = 0        # answer tokens in the forget set
+    steps: int = 0                # SGD steps taken
+    mode: str = "sample"
+    loss: str = "pseudo"
+
+
+@dataclass
+class LMUnlearnResult:
+    """What :func:`unlearn_lm` returns: the unlearned copy, its bases and the report."""
+
+    model: nn.Module
+    bases: NullSpace
+    report: LMUnlearnReport
+
+
+def answer_mask(labels: torch.Tensor) -> torch.Tensor:
+    """[B, T-1] bool: where the shifted logits ``logits[:, :-1]`` predict an answer token."""
+    return labels[:, 1:] != IGNORE
+
+
+def lm_pseudo_labels(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-token pseudo-labels, aligned with ``labels`` (unshifted) and -100 elsewhere.
+
+    At every answer position t (``labels[:, t] != -100``, t ≥ 1) the token that ``logits[:,
+    t - 1]`` scores highest among all tokens except the true one ``labels[:, t]``
+    (:func:`unsc_fast.pseudo_labels`, sample-level rule). ``logits``: [B, T, V]."""
+    out = torch.full_like(labels, IGNORE)
+    pos = answer_mask(labels)
+    out[:, 1:][pos] = pseudo_labels(logits[:, :-1][pos], labels[:, 1:][pos])
+    return out
+
+
+def _token_losses(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(per answer token NLL of ``targets`` (default the true tokens) in float64, row of each
+    token, answer tokens per row)."""
+    pos = answer_mask(labels)
+    tgt = (labels if targets is None else targets)[:, 1:][pos]
+    nll = F.cross_entropy(logits[:, :-1][pos].double(), tgt, reduction="none")
+    rows = pos.nonzero()[:, 0]
+    return nll, rows, pos.sum(1)
+
+
+def _per_row_mean(values: torch.Tensor, rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    total = torch.zeros(len(counts), dtype=values.dtype, device=values.device)
+    return total.index_add(0, rows, values) / counts.clamp_min(1).to(values.dtype)
+
+
+def answer_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[B] float64: each sequence's answer loss, the mean NLL over its answer tokens."""
+    return _per_row_mean(*_token_losses(logits, labels))
+
+
+def _vocab_size(model: nn.Module) -> int | None:
+    emb = getattr(model, "get_input_embeddings", lambda: None)()
+    n = getattr(emb, "num_embeddings", None)
+    return n if isinstance(n, int) else getattr(getattr(model, "config", None), "vocab_size", None)
+
+
+def check_lm_batch(batch, i: int, what: str, vocab: int | None = None,
+                   labels: bool = True) -> dict[str, torch.Tensor]:
+    """Check one batch against the data contract; return its ``input_ids``,
+    ``attention_mask`` (ones when absent and ``labels`` is False) and ``labels``.
+
+    Raises a one-line ``TypeError``/``ValueError`` naming ``what`` and batch ``i`` when it is
+    not a mapping, lacks a key, has mismatched shapes, token ids outside ``[0, vocab)``,
+    labels that differ from ``input_ids`` at answer positions or sit on padding, or (with
+    ``labels``) a sequence without answer tokens."""
+    if not isinstance(batch, Mapping):
+        raise TypeError(f"{what} batch {i} is a {type(batch).__name__}; expected a dict with"
+                        " input_ids, attention_mask and labels")
+    need = ("input_ids", "attention_mask", "labels") if labels else ("input_ids",)
+    missing = [k for k in need if k not in batch]
+    if missing:
+        raise ValueError(f"{what} batch {i} lacks {missing} (it has {sorted(batch)})")
+    ids = batch["input_ids"]
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype != torch.long \
+            or ids.numel() == 0:
+        raise ValueError(f"{what} batch {i}: input_ids must be a non-empty [B, T] LongTensor")
+    mask = batch.get("attention_mask")
+    mask = torch.ones_like(ids) if mask is None else mask
+    out = {"input_ids": ids, "attention_mask": mask}
+    if labels:
+        out["labels"] = batch["labels"]
+    for k, v in out.items():
+        if not isinstance(v, torch.Tensor) or v.shape != ids.shape:
+            raise ValueError(f"{what} batch {i}: {k} must be a tensor of input_ids' shape"
+                             f" {tuple(ids.shape)}")
+    if vocab is not None and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+        raise ValueError(f"{what} batch {i} holds token ids in [{int(ids.min())},"
+                         f" {int(ids.max())}], outside the model's vocabulary of {vocab}")
+    if labels:
+        lab = out["labels"]
+        ans = lab != IGNORE
+        if bool((ans & (mask == 0)).any()):
+            raise ValueError(f"{what} batch {i} has labels on padding (attention_mask 0)")
+        if bool((lab[ans] != ids[ans]).any()):
+            raise ValueError(f"{what} batch {i}: labels differ from input_ids at answer"
+                             " positions (expected unshifted labels, -100 elsewhere)")
+        empty = (~answer_mask(lab)).all(1).nonzero()[:, 0].tolist()
+        if empty:
+            raise ValueError(f"{what} batch {i}: sequence(s) {empty} have no answer token"
+                             " (labels all -100 after the first position)")
+    return out
+
+
+def lm_layers(model: nn.Module) -> list[str]:
+    """The default layers of :func:`unlearn_lm`: every covered projection (``nn.Linear``,
+    ``Conv1D``) except the output head (``model.get_output_embeddings()``, tied or not) and
+    any weight tied to another module: the attention and MLP projections."""
+    head = getattr(model, "get_output_embeddings", lambda: None)()
+    return [n for n, m in select_layers(model).items() if m is not head]
+
+
+def _key(ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> tuple:
+    keep = mask.bool()
+    return tuple(ids[keep].tolist()) + (-1,) + tuple(labels[keep].tolist())
+
+
+def _logits(model: nn.Module, b: dict, device) -> torch.Tensor:
+    return model(input_ids=b["input_ids"].to(device),
+                 attention_mask=b["attention_mask"].to(device)).logits
+
+
+@dataclass
+class _Seq:
+    pseudo: torch.Tensor           # pseudo-label of each answer token, in order
+    loss: float                    # the original model's answer loss
+    target: float = math.inf       # mode "sample": stop once the answer loss reaches it
+
+
+@dataclass
+class _Labels:
+    seqs: dict[tuple, _Seq] = field(default_factory=dict)
+    sequences: int = 0
+    tokens: int = 0
+    probe: dict | None = None
+
+
+def _batches(data: Iterable, what: str, vocab: int | None) -> Iterator[dict]:
+    for i, batch in enumerate(data):
+        yield check_lm_batch(batch, i, what, vocab)
+
+
+@torch.no_grad()
+def _label_pass(original: nn.Module, forget: Iterable, vocab: int | None, device) -> _Labels:
+    """One pass of the frozen original over D_f: checks every batch, keeps each sequence's
+    pseudo-labels and answer loss (keyed by its tokens, so shuffling is fine)."""
+    out = _Labels()
+    for i, b in enumerate(_batches(forget, "forget", vocab)):
+        logits = _logits(original, b, device)
+        if logits.shape[-1] < 2:
+            raise ValueError(f"the model has {logits.shape[-1]} output token(s); a pseudo-label"
+                             " needs a second one")
+        lab = b["labels"].to(device)
+        pseudo = lm_pseudo_labels(logits, lab)
+        losses = answer_nll(logits, lab).tolist()
+        pos = answer_mask(lab)
+        for r in range(len(lab)):
+            key = _key(b["input_ids"][r], b["labels"][r], b["attention_mask"][r])
+            out.seqs[key] = _Seq(pseudo[r, 1:][pos[r]].cpu(), losses[r])
+        out.sequences += len(lab)
+        out.tokens += int(pos.sum())
+        if out.probe is None:
+            out.probe = {k: b[k][:64].to(device) for k in ("input_ids", "attention_mask")}
+    if out.sequences == 0:
+        raise ValueError("the forget data is empty")
+    return out
+
+
+@torch.no_grad()
+def _answer_losses(model: nn.Module, data: Iterable, what: str, vocab, device) -> torch.Tensor:
+    out = [answer_nll(_logits(model, b, device), b["labels"].to(device)).cpu()
+           for b in _batches(data, what, vocab)]
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+
+
+def _check_args(forget, retain, holdout, bases, layers_, rule, method, mode, loss, lr, epochs,
+                max_steps, max_retain_tokens):
+    for name, data in (("forget", forget), ("retain", retain), ("holdout", holdout)):
+        if data is not None and iter(data) is data:
+            raise TypeError(f"{name} data must be re-iterable (a DataLoader, a list of"
+                            f" batches), not a one-shot {type(data).__name__}")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
+    for name, v in (("max_steps", max_steps), ("max_retain_tokens", max_retain_tokens)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"{name} must be a positive integer or None, got {v!r}")
+    if isinstance(lr, bool) or not (isinstance(lr, (int, float)) and math.isfinite(lr)
+                                    and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+    if loss not in _LOSSES:
+        raise ValueError(f"loss must be one of {_LOSSES}, got {loss!r}")
+    if mode == "sample" and holdout is None:
+        raise ValueError("mode='sample' needs holdout data (QA of entities the model never"
+                         " saw) for its targets; mode='token' is the paper's rule without them")
+    if mode == "token" and (holdout is not None or loss != "pseudo"):
+        raise ValueError("mode='token' takes neither holdout data nor loss='ascent' (both"
+                         " belong to mode='sample')")
+    if method not in ("fast", "eigh"):
+        raise ValueError(f"method must be 'fast' or 'eigh', got {method!r}")
+    if bases is None and retain is None:
+        raise ValueError("UNSC needs D_r statistics: pass retain data or bases")
+    if bases is not None and layers_ is not None:
+        raise ValueError("give layers or bases, not both (the bases name their layers)")
+    if bases is not None and not isinstance(bases, NullSpace):
+        raise TypeError(f"bases must be a NullSpace, got {type(bases).__name__}")
+    return parse_rule(rule)
+
+
+def unlearn_lm(model: nn.Module, forget: Iterable, retain: Iterable | None = None, *,
+               bases: NullSpace | None = None, rule: Rule | str = "energy:0.99",
+               method: str = "fast", layers: Iterable[str] | str | None = None,
+               holdout: Iterable | None = None, mode: str = "sample", loss: str = "pseudo",
+               lr: float = 0.05, epochs: int = 10, max_steps: int | None = None,
+               max_retain_tokens: int | None = None,
+               stats_dtype: torch.dtype = torch.float32, seed: int = 0,
+               backend: str | None = None, progress: bool = True) -> LMUnlearnResult:
+    """Make a causal LM forget the answers of ``forget`` while keeping ``retain``'s.
+
+    Args:
+        model: a causal LM, ``model(input_ids=, attention_mask=).logits`` [B, T, V]; left
+            untouched (a copy is unlearned).
+        forget: re-iterable batches (dicts of ``input_ids``, ``attention_mask``, ``labels``,
+            see the module docstring) of D_f; every sequence needs an answer token.
+        retain: batches of D_r (``labels`` optional, ignored); needed unless ``bases``.
+        bases: precomputed bases (skips the statistics; ``rule``, ``method``, ``layers``
+            then unused).
+        rule: the rank rule (spec § 1.2), default the paper's ε = 0.99.
+        method: ``"fast"`` (default: float32 subspace iteration, made for LLM-width layers,
+            keeps at least the exact rule's energy) or ``"eigh"`` (float64 reference).
+        layers: module names or patterns to cover; default :func:`lm_layers` (every
+            attention and MLP projection; embeddings, norms and the output head frozen).
+        holdout: batches of QA about entities the model never saw, same format; the
+            targets of ``mode="sample"``.
+        mode: ``"sample"`` (default; per-sequence targets from ``holdout``, a sequence stops
+            once its answer loss reaches its target, the run once none moved in an epoch)
+            or ``"token"`` (the paper: all answer tokens to their pseudo-labels, all epochs).
+        loss: ``mode="sample"`` only: ``"pseudo"`` (default; CE towards the pseudo-labels)
+            or ``"ascent"`` (``log(target) - log(answer loss)``).
+        lr, epochs, max_steps: plain SGD's step size, passes over D_f, and an optional cap
+            on steps (the budget when comparing methods).
+        max_retain_tokens: cap on the D_r tokens entering the statistics.
+        stats_dtype: accumulation dtype of the statistics (float64 for tests).
+        seed: seeds torch's RNG inside the run (the caller's RNG state is restored).
+        backend: kernel backend for statistics and projection (:mod:`unsc_fast.dispatch`).
+        progress: progress bars.
+
+    Returns:
+        ``LMUnlearnResult(model, bases, report)``.
+
+    Raises ``ValueError``/``TypeError`` on bad arguments or batches before any training,
+    ``FloatingPointError`` if the loss or the final outputs turn NaN/Inf.
+    """
+    rule = _check_args(forget, retain, holdout, bases, layers, rule, method, mode, loss, lr,
+                       epochs, max_steps, max_retain_tokens)
+    if bases is not None:
+        bases.check(model)
+    else:
+        select_layers(model, layers)   # bad names raise before any data is read
+    device = helpers.model_device(model)
+    vocab = _vocab_size(model)
+    report = LMUnlearnReport(mode=mode, loss=loss)
+    was = model.training
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            t = time.perf_counter()
+            labels = _label_pass(model, forget, vocab, device)
+            if mode == "sample":
+                f_keys = list(labels.seqs)
+                f_loss = torch.tensor([labels.seqs[k].loss for k in f_keys], dtype=torch.float64)
+                h_loss = _answer_losses(model, holdout, "holdout", vocab, device)
+                zeros = torch.zeros(len(f_loss), dtype=torch.long)
+                calib = LossCalibration(f_loss, zeros, h_loss, torch.zeros(len(h_loss),
+                                                                           dtype=torch.long))
+                for k, tgt in zip(f_keys, calib(f_loss, zeros).tolist()):
+                    labels.seqs[k].target = tgt
+            report.time_labels = time.perf_counter() - t
+            report.forget_samples, report.forget_tokens = labels.sequences, labels.tokens
+            if bases is None:
+                bases = lm_bases(model, retain, rule, method=method, layers=layers,
+                                 max_retain_tokens=max_retain_tokens, stats_dtype=stats_dtype,
+                                 backend=backend, progress=progress, report=report)
+            report.record_bases(bases)
+            unlearned = _train(model, forget, bases, labels, report, lr, epochs, max_steps,
+                               mode, loss, backend, progress, device)
+    finally:
+        model.train(was)
+    check_finite_outputs(unlearned, labels.probe, lr, epochs)
+    return LMUnlearnResult(finish_unlearning(unlearned), bases, report)
+
+
+def lm_bases(model: nn.Module, retain: Iterable, rule: Rule | str = "energy:0.99", *,
+             method: str = "fast", layers: Iterable[str] | str | None = None,
+             max_retain_tokens: int | None = None, stats_dtype: torch.dtype = torch.float32,
+             backend: str | None = None, progress: bool = True,
+             report: UnlearnReport | None = None) -> NullSpace:
+    """The bases :func:`unlearn_lm` computes: statistics of ``layers`` (default
+    :func:`lm_layers`) over the real tokens of ``retain`` (checked against the data
+    contract; ``labels`` optional and unused), then the bases under ``rule`` by ``method``.
+    Phase times go into ``report`` when given. Reuse them with ``unlearn_lm(bases=...)``."""
+    layers = lm_layers(model) if layers is None else list(select_layers(model, layers))
+    return build_bases(model, _RetainInputs(retain, _vocab_size(model)), parse_rule(rule),
+                       report if report is not None else UnlearnReport(), layers=layers,
+                       method=method, backend=backend, dtype=stats_dtype,
+                       max_tokens=max_retain_tokens, progress=progress)
+
+
+class _RetainInputs:
+    """D_r batches as model inputs only (``labels`` dropped: no loss in the forward)."""
+
+    def __init__(self, data: Iterable, vocab: int | None):
+        self.data, self.vocab = data, vocab
+
+    def __iter__(self) -> Iterator[dict]:
+        for i, batch in enumerate(self.data):
+            b = check_lm_batch(batch, i, "retain", self.vocab, labels=False)
+            yield {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]}
+
+
+def _sequence_loss(logits: torch.Tensor, lab: torch.Tensor, pseudo: torch.Tensor,
+                   target: torch.Tensor, mode: str, loss: str) -> tuple[torch.Tensor, int]:
+    """The loss of one batch and how many of its sequences it pushes."""
+    if mode == "token":
+        pos = answer_mask(lab)
+        return F.cross_entropy(logits[:, :-1][pos], pseudo[:, 1:][pos]), len(lab)
+    true = answer_nll(logits, lab)
+    active = true.detach() < target
+    if loss == "pseudo":
+        push = _per_row_mean(*_token_losses(logits, lab, pseudo))
+    else:
+        tiny = torch.finfo(torch.float64).tiny
+        push = torch.log(target.clamp_min(tiny)) - torch.log(true.clamp_min(tiny))
+    value = torch.where(active, push, torch.zeros_like(push)).sum() / len(lab)
+    return value.to(logits.dtype), int(active.sum())
+
+
+def _train(original, forget, bases, labels, report, lr, epochs, max_steps, mode, loss, backend,
+           progress, device) -> nn.Module:
+    unlearned = copy.deepcopy(original)
+    params = freeze_for_unlearning(unlearned, bases)
+    if not params:
+        raise ValueError("the bases cover no weight of the model")
+    unlearned.eval()   # no dropout anywhere: the bases describe the clean inputs
+    bases = bases.to(device=device, dtype=params[0].dtype)
+    t = time.perf_counter()
+    with helpers.progress(range(epochs), progress and epochs > 1, "unlearning") as bar, \
+            ProjectedSGD(unlearned, params, bases, lr, backend=backend) as opt:
+        for epoch in bar:
+            total, count, moving = 0.0, 0, 0
+            for b in _batches(forget, "forget", None):
+                if max_steps is not None and report.steps >= max_steps:
+                    break
+                lab = b["labels"].to(device)
+                seqs = [labels.seqs.get(_key(b["input_ids"][r], b["labels"][r],
+                                             b["attention_mask"][r])) for r in range(len(lab))]
+                if any(s is None for s in seqs):
+                    raise ValueError("the forget data changed between passes: a sequence"
+                                     " was not seen by the labelling pass")
+                pseudo = torch.full_like(lab, IGNORE)
+                pseudo[:, 1:][answer_mask(lab)] = torch.cat([s.pseudo for s in seqs]).to(device)
+                target = torch.tensor([s.target for s in seqs], dtype=torch.float64,
+                                      device=device)
+                value, n_active = _sequence_loss(_logits(unlearned, b, device), lab, pseudo,
+                                                 target, mode, loss)
+                total += opt.step(value, epoch) * len(lab)
+                count += len(lab)
+                moving += n_active
+                report.steps += 1
+            if count == 0:
+                break
+            report.epoch_loss.append(total / count)
+            if mode == "sample":
+                report.active.append(moving / count)
+                if moving == 0:
+                    break
+    report.time_unlearn = time.perf_counter() - t
+    return unlearned
