@@ -640,3 +640,51 @@ def test_raw_accumulate_refuses_an_overflowing_update_before_writing(op):
         run()
     assert not S.any()
     uf.ops.accumulate_(torch.zeros(3, 3, dtype=torch.float64), torch.full((4, 3), 1e19))
+
+
+def test_directory_outputs_join_the_transaction(tmp_path, monkeypatch):
+    """A directory output (a Hugging Face model) is staged whole and renamed in with the
+    files; when a later rename fails, the old directory comes back intact."""
+    model, report = tmp_path / "model", tmp_path / "r.json"
+    model.mkdir()
+    (model / "config.json").write_bytes(b"old config")
+
+    def write(d):
+        (d / "config.json").write_bytes(b"new config")
+        (d / "weights").write_bytes(b"w")
+    real = os.replace
+    with Outputs() as tx:
+        tx.plan(model, directory=True)
+        tx.plan(report)
+        tx.stage_dir(model, write)
+        tx.stage(report, lambda f: f.write(b"{}"))
+
+        def flaky(src, dst):
+            if str(dst).endswith("r.json") and str(src).endswith(".tmp"):
+                raise OSError(28, "No space left on device")
+            real(src, dst)
+        monkeypatch.setattr(os, "replace", flaky)
+        with pytest.raises(OSError):
+            tx.commit()
+    monkeypatch.setattr(os, "replace", real)
+    assert _snapshot(tmp_path) == {"model/config.json": b"old config"}
+    with Outputs() as tx:
+        tx.plan(model, directory=True)
+        tx.stage_dir(model, write)
+        tx.commit()
+    assert _snapshot(tmp_path) == {"model/config.json": b"new config", "model/weights": b"w"}
+    with Outputs() as tx:                      # a failing writer leaves nothing behind
+        tx.plan(model, directory=True)
+        with pytest.raises(RuntimeError):
+            tx.stage_dir(model, lambda d: ((d / "x").write_bytes(b"x"), 1 / 0 if False
+                                           else (_ for _ in ()).throw(RuntimeError("bug"))))
+    assert _snapshot(tmp_path) == {"model/config.json": b"new config", "model/weights": b"w"}
+
+
+def test_a_killed_writers_staged_directory_is_cleaned(tmp_path):
+    d = tmp_path / f".unsc_fast-{_dead_pid()}-model.abc.tmp"
+    d.mkdir()
+    (d / "w").write_bytes(b"x")
+    _old(d)
+    assert clean_stale(tmp_path) == [d]
+    assert not d.exists()

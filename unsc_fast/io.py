@@ -120,13 +120,17 @@ def clean_stale(directory: str | os.PathLike, older_than_s: float = STALE_AFTER_
         return removed
     for e in entries:
         m = _TEMP_RE.match(e.name)
-        if not m or not e.is_file(follow_symlinks=False):
+        is_dir = e.is_dir(follow_symlinks=False)
+        if not m or not (is_dir or e.is_file(follow_symlinks=False)):
             continue
         try:
             if now - e.stat(follow_symlinks=False).st_mtime < older_than_s or \
                     _pid_alive(int(m.group(1))):
                 continue
-            os.unlink(e.path)
+            if is_dir:
+                shutil.rmtree(e.path)
+            else:
+                os.unlink(e.path)
             removed.append(Path(e.path))
         except OSError:
             continue
@@ -171,10 +175,13 @@ class Outputs:
     def planned(self) -> list[Path]:
         return list(self._planned)
 
-    def plan(self, path: str | os.PathLike) -> Path:
-        """Check that ``path`` can be written (a file in an existing writable directory)."""
+    def plan(self, path: str | os.PathLike, *, directory: bool = False) -> Path:
+        """Check that ``path`` can be written (a file in an existing writable directory);
+        with ``directory``, an output that is a whole directory (:meth:`stage_dir`)."""
         p = Path(path)
-        if p.is_dir():
+        if directory and p.exists() and not p.is_dir():
+            raise NotADirectoryError(f"output {str(p)!r} exists and is not a directory")
+        if not directory and p.is_dir():
             raise IsADirectoryError(f"output {str(p)!r} is a directory; give a file name")
         if p.parent.exists() and not p.parent.is_dir():
             raise NotADirectoryError(f"output {str(p)!r}: {str(p.parent)!r} is a file,"
@@ -219,6 +226,30 @@ class Outputs:
         self._staged[p] = _write_temp(p, write)
         return p
 
+    def stage_dir(self, path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+        """Like :meth:`stage` for an output that is a directory (e.g. a Hugging Face model):
+        ``write(tmp_dir)`` fills a temporary directory beside ``path``; :meth:`commit` renames
+        it into place (an old directory there is kept aside until the whole commit is done)."""
+        p = Path(path)
+        if p in self._staged:
+            raise ValueError(f"output {str(p)!r} staged twice")
+        if p.exists() and not p.is_dir():
+            raise NotADirectoryError(f"output {str(p)!r} exists and is not a directory")
+        try:
+            tmp = tempfile.mkdtemp(prefix=_temp_prefix(p), suffix=".tmp", dir=p.parent)
+        except OSError as exc:
+            raise type(exc)(f"cannot write {str(p)!r}: {exc.strerror or exc}") from None
+        self._staged[p] = tmp
+        try:
+            write(Path(tmp))
+        except BaseException as exc:
+            self._staged.pop(p)
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, OSError):
+                raise type(exc)(f"cannot write {str(p)!r}: {exc.strerror or exc}") from None
+            raise
+        return p
+
     def commit(self) -> list[Path]:
         """Rename every staged file into place; all or nothing. Returns the paths.
 
@@ -241,7 +272,11 @@ class Outputs:
             for p, backup in reversed(done):
                 with contextlib.suppress(OSError):
                     if backup is not None:
+                        if p.is_dir() and not p.is_symlink():
+                            shutil.rmtree(p)
                         os.replace(backup, p)
+                    elif p.is_dir() and not p.is_symlink():
+                        shutil.rmtree(p)
                     else:
                         os.unlink(p)
             raise
@@ -249,7 +284,7 @@ class Outputs:
             for _, backup in done:
                 if backup is not None:
                     with contextlib.suppress(OSError):
-                        os.unlink(backup)
+                        _remove(backup)
             paths = list(self._staged)
             self._staged.clear()
             self._created.clear()
@@ -266,7 +301,7 @@ class Outputs:
     def _abort(self) -> None:
         for tmp in self._staged.values():
             with contextlib.suppress(OSError):
-                os.unlink(tmp)
+                _remove(tmp)
         self._staged.clear()
         for top in reversed(self._created):
             with contextlib.suppress(OSError):
@@ -274,9 +309,20 @@ class Outputs:
         self._created.clear()
 
 
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+
+
 def _backup(p: Path) -> str:
-    """A hard link (else a copy) of ``p``'s current content beside it; its name."""
+    """A hard link (else a copy) of ``p``'s current content beside it; its name. A directory
+    is moved aside instead (renamed back if the commit fails)."""
     name = tempfile.mktemp(prefix=_temp_prefix(p), suffix=".bak", dir=p.parent)
+    if p.is_dir() and not p.is_symlink():
+        os.replace(p, name)
+        return name
     try:
         os.link(p, name)
     except OSError:
