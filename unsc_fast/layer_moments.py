@@ -64,11 +64,11 @@ class LayerMoments:
         """``C = S / n`` as full symmetric (groups, D, D) matrices, D = d (+1 with bias).
 
         Not for an embedding (vocab x vocab): its covariance is ``diag() / n``."""
-        if self.n == 0:
-            raise ValueError("no inputs were accumulated (is D_r empty?)")
         if self.diagonal:
             raise ValueError("an embedding's second moment is diagonal: use diag() / n, never"
                              " a dense vocab x vocab matrix")
+        if self.n == 0:
+            raise ValueError("no inputs were accumulated (is D_r empty?)")
         C = symmetric(self.S.to(dtype))
         if include_bias:
             if self.colsum is None:
