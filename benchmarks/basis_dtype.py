@@ -78,7 +78,7 @@ def one(d: int, eps: float, rank: int | None, alpha: float = 1.0, dtype=torch.bf
         "low G, low B": residual(X, G, project(Gh, Bh, sub)),
         "low G, fp32 B": residual(X, G, project(G32, B32, sub).to(dtype)),
         "low W step": residual(X, lr * G, moved),
-        "max|BᵀB−I| low": ortho,
+        "max abs(BᵀB−I) low": ortho,
     }
 
 

@@ -47,9 +47,9 @@ def ortho_tol(dtype: torch.dtype, d: int) -> float:
     each entry of BᵀB by at most about eps(dtype) (|Σ_k b_ki b_kj (δ_ki + δ_kj)| ≤ 2u·Σ|b_ki
     b_kj| ≤ eps by Cauchy-Schwarz), and the basis was computed in c = float64, or float32
     for a basis stored in float32 or less (``method="fast"``), whose orthogonality error
-    grows like eps(c)·sqrt(d). Measured (d = 256..2048): rounding to bf16 3.9e-3 (tolerance
-    1.6e-2), to fp16 4.9e-4 (2.0e-3), float32 fast-method bases up to 4.8e-6 (tolerance
-    2.4e-4 at d = 1024), float64 eigh bases up to 1.6e-14 (6.4e-13 at d = 2048).
+    grows like eps(c)·sqrt(d). Measured at d = 256..2048 (tolerance at d = 1024): rounding
+    to bf16 3.9e-3 (1.6e-2), to fp16 4.9e-4 (2.2e-3); float32 fast-method bases up to 4.8e-6
+    (2.4e-4); float64 eigh bases up to 1.6e-14 (4.6e-13).
     """
     compute = torch.float64 if dtype == torch.float64 else torch.float32
     return 2 * torch.finfo(dtype).eps + 64 * torch.finfo(compute).eps * math.sqrt(max(d, 1))
