@@ -53,6 +53,22 @@ class Block(nn.Module):
         return self.c(torch.tanh(self.q(x) * self.k(x)))
 
 
+class Tok(nn.Module):
+    """An embedding (vocab 20: each FSDP2 rank holds 10 token rows) and a head."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb, self.out = nn.Embedding(20, 4).double(), nn.Linear(4, 3).double()
+
+    def forward(self, ids):
+        return self.out(self.emb(ids))
+
+
+def _ids(seed, rows):
+    return torch.randint(0, 20, (rows, 5), generator=torch.Generator().manual_seed(seed))
+
+
 def _data():
     g = torch.Generator().manual_seed(1)
     return torch.randn(8, 3, 5, 5, generator=g, dtype=torch.float64)
@@ -124,6 +140,18 @@ def _worker(rank, port, out_dir):
         block(tokens).sum().backward()
         res["conv1d_shard"] = _raised(lambda: uf.project_(block, uf.NullSpace.from_moments(
             sm, "energy:0.95", distribute=True, dtype=torch.float64)))
+        # 9. an embedding: int64 token counts summed, token-id bases broadcast, its row-sharded
+        # gradient masked on each rank's own rows.
+        em = uf.SecondMoments(Tok(), dtype=torch.float64, embeddings=True)
+        em.collect([_ids(3, 6).chunk(WORLD)[rank]], progress=False).all_reduce_()
+        res["emb_moments"] = em.state_dict()
+        eb = uf.NullSpace.from_moments(em, "energy:0.9", distribute=True)
+        res["emb_bases"] = eb.state_dict()
+        tok = Tok()
+        fully_shard(tok, mesh=mesh)
+        tok(_ids(4, 4)).square().sum().backward()
+        uf.project_(tok, eb)
+        res["emb_grads"] = {n: p.grad.full_tensor() for n, p in tok.named_parameters()}
     except Exception:  # noqa: BLE001  (reported by the parent)
         res["crash"] = traceback.format_exc()
     finally:
@@ -235,3 +263,22 @@ def test_shared_inputs_and_conv1d_over_ranks(ranks):
             torch.testing.assert_close(tensors[key] @ tensors[key].T, B @ B.T)
         assert res["conv1d_shard"].startswith("ValueError") and "input dimension" in \
             res["conv1d_shard"]
+
+
+def test_embedding_counts_bases_and_row_shards_over_ranks(ranks):
+    full = uf.SecondMoments(Tok(), dtype=torch.float64, embeddings=True)
+    full.collect([_ids(3, 6)], progress=False)
+    bases = uf.NullSpace.from_moments(full, "energy:0.9")
+    tok = Tok()
+    tok(_ids(4, 4)).square().sum().backward()
+    uf.project_(tok, bases)
+    expected_t, expected_meta = bases.state_dict()
+    assert expected_meta["emb"]["kind"] == "embedding"
+    for res in ranks:
+        got = res["emb_moments"]["emb"]
+        assert got["S"].dtype == torch.int64 and got["n"] == 30
+        assert torch.equal(got["S"], full.moments["emb"].S)
+        tensors, meta = res["emb_bases"]
+        assert meta == expected_meta and torch.equal(tensors["emb/0"], expected_t["emb/0"])
+        for n, p in tok.named_parameters():
+            torch.testing.assert_close(res["emb_grads"][n], p.grad, rtol=1e-12, atol=1e-12)

@@ -3,10 +3,16 @@
 Per layer and conv group, ``C = U Λ Uᵀ`` (``eigh``, float64); a rank rule picks the core rank
 r; the basis stored is whichever of U_r (``subtract=True``: G ← G − (G U_r)U_rᵀ) and U_0
 (``subtract=False``: G ← (G U_0)U_0ᵀ) has fewer columns. Dense projectors are never built.
+
+Bases are stored, by default, in the dtype of their layer's weight (a bf16 model gets bf16
+bases: what :func:`unsc_fast.project_` needs to meet its gradients), computed in float64
+(``eigh``) or float32 (``method="fast"``) first; ``dtype=`` overrides it. An embedding's
+basis is a set of token ids (see :class:`unsc_fast.layer_basis.LayerBasis`).
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
@@ -14,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from . import helpers, layers
-from .layers import KINDS
+from .layers import DIAGONAL_KINDS, KINDS
 from . import reference as ref
 from .io import atomic_save
 from .layer_basis import METHODS, LayerBasis, layer_basis
@@ -22,7 +28,31 @@ from .rules import EigenFloor, Energy, FixedRank, Rule, Threshold, gpm_schedule,
 from .stats import LayerMoments, SecondMoments
 
 __all__ = ["NullSpace", "LayerBasis", "layer_basis", "Rule", "Energy", "EigenFloor",
-           "Threshold", "FixedRank", "parse_rule", "gpm_schedule"]
+           "Threshold", "FixedRank", "parse_rule", "gpm_schedule", "ortho_tol", "store_dtype"]
+
+#: dtypes a basis may be stored in
+STORE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def store_dtype(weight_dtype: torch.dtype) -> torch.dtype:
+    """The default dtype of a layer's stored basis: its weight's, when that is a floating
+    dtype a basis can hold (float16, bfloat16, float32, float64), else float32."""
+    return weight_dtype if weight_dtype in STORE_DTYPES else torch.float32
+
+
+def ortho_tol(dtype: torch.dtype, d: int) -> float:
+    """Largest ``max |BᵀB − I|`` a valid (d, m) basis stored in ``dtype`` may show.
+
+    ``2·eps(dtype) + 64·eps(c)·sqrt(d)``: rounding an orthonormal basis to ``dtype`` moves
+    each entry of BᵀB by at most about eps(dtype) (|Σ_k b_ki b_kj (δ_ki + δ_kj)| ≤ 2u·Σ|b_ki
+    b_kj| ≤ eps by Cauchy-Schwarz), and the basis was computed in c = float64, or float32
+    for a basis stored in float32 or less (``method="fast"``), whose orthogonality error
+    grows like eps(c)·sqrt(d). Measured at d = 256..2048 (tolerance at d = 1024): rounding
+    to bf16 3.9e-3 (1.6e-2), to fp16 4.9e-4 (2.2e-3); float32 fast-method bases up to 4.8e-6
+    (2.4e-4); float64 eigh bases up to 1.6e-14 (4.6e-13).
+    """
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    return 2 * torch.finfo(dtype).eps + 64 * torch.finfo(compute).eps * math.sqrt(max(d, 1))
 
 
 class NullSpace(Mapping[str, LayerBasis]):
@@ -73,7 +103,7 @@ class NullSpace(Mapping[str, LayerBasis]):
             raise KeyError(f"the bases name layers the model lacks: {missing}")
         for name, lb in self._layers.items():
             m = modules[name]
-            kind = layers.kind_of(m)
+            kind = layers.kind_of(m, embeddings=True)
             if kind is None:
                 raise TypeError(f"layer {name!r} is a {type(m).__name__}; bases apply only"
                                 f" to {layers.SUPPORTED_NAMES}")
@@ -81,6 +111,8 @@ class NullSpace(Mapping[str, LayerBasis]):
             if kind == "conv2d":
                 what = (f"in_channels/groups*kh*kw = {m.in_channels}/{m.groups}"
                         f"*{'*'.join(map(str, m.kernel_size))} = {k}")
+            elif kind == "embedding":
+                what = f"vocabulary size = {k}"
             else:
                 what = f"input features = {k}"
             if lb.kind != kind:
@@ -96,6 +128,8 @@ class NullSpace(Mapping[str, LayerBasis]):
             if lb.groups != groups:
                 raise ValueError(f"layer {name!r} has {groups} group(s), the bases"
                                  f" {lb.groups}")
+            if lb.diagonal:
+                continue                      # token ids: checked by validate()
             rows = [tuple(B.shape) for B in lb.bases if B.dim() != 2 or B.shape[0] != lb.d]
             if rows:
                 raise ValueError(f"layer {name!r}: bases must be ({lb.d}, m) matrices (d rows),"
@@ -104,12 +138,14 @@ class NullSpace(Mapping[str, LayerBasis]):
     @classmethod
     def from_moments(cls, moments: SecondMoments, rule: Rule | str = Energy(0.99), *,
                      include_bias: bool | None = None, store: str = "auto",
-                     dtype: torch.dtype = torch.float32, distribute: bool = False,
+                     dtype: torch.dtype | None = None, distribute: bool = False,
                      group=None, progress: bool = False, method: str = "eigh") -> "NullSpace":
         """Bases of every layer of ``moments`` under a rank rule (default ε = 0.99).
 
         ``store``: ``"auto"`` keeps the smaller of U_r and U_0, ``"core"`` or ``"null"`` force
-        one. ``dtype`` is that of the stored bases (decomposition is float64 regardless).
+        one. ``dtype`` is that of the stored bases; default (None): each layer's weight dtype
+        (:func:`store_dtype`), so a bf16 model gets bf16 bases (decomposition is float64 for
+        ``eigh``, float32 for ``"fast"``, regardless). An embedding's basis is token ids.
         ``distribute=True`` (``torch.distributed`` initialised, statistics already summed with
         :meth:`SecondMoments.all_reduce_`): each rank of ``group`` decomposes a share of the
         layers and broadcasts them, so every rank ends with the same bases in about 1/world of
@@ -127,15 +163,19 @@ class NullSpace(Mapping[str, LayerBasis]):
             raise ValueError("method='fast' needs an energy, threshold or rank rule: the floor"
                              " rule needs the smallest eigenvalue (use method='eigh')")
         include_bias = moments.include_bias if include_bias is None else include_bias
+        if dtype is not None and dtype not in STORE_DTYPES:
+            raise TypeError(f"dtype must be one of {STORE_DTYPES} (or None: the weights'),"
+                            f" got {dtype}")
         moments.check_finite()
+        dtypes = _store_dtypes(moments.model, moments.moments, dtype)
         if distribute:
             from .distributed import distributed_bases
             own = distributed_bases(moments, rule, include_bias=include_bias, store=store,
-                                    dtype=dtype, group=group, progress=progress, method=method)
+                                    dtype=dtypes, group=group, progress=progress, method=method)
         else:
             with helpers.progress(list(moments.moments.items()), progress, "bases") as items:
                 own = {name: layer_basis(name, lm, rule, include_bias=include_bias,
-                                         store=store, dtype=dtype, method=method)
+                                         store=store, dtype=dtypes[name], method=method)
                        for name, lm in items}
         # Layers that shared one input share one statistic, hence one basis (the same object:
         # decomposed once, stored once).
@@ -144,12 +184,14 @@ class NullSpace(Mapping[str, LayerBasis]):
     @classmethod
     def grow(cls, per_step: Sequence[SecondMoments],
              eps: float | Callable[[int], float] = gpm_schedule, *, store: str = "auto",
-             dtype: torch.dtype = torch.float32) -> "NullSpace":
+             dtype: torch.dtype | None = None) -> "NullSpace":
         """GPM-style growth: add directions step by step (e.g. class by class).
 
         At step c with covariance C_c and current core U: if the energy of C_c outside U is
         above ``1 − eps(c)`` of its trace, add the top eigenvectors of the residual
-        ``(I − UUᵀ) C_c (I − UUᵀ)`` until the captured share reaches ``eps(c)``.
+        ``(I − UUᵀ) C_c (I − UUᵀ)`` until the captured share reaches ``eps(c)``. For an
+        embedding the residual's eigenvectors are the token axes outside the core: the most
+        frequent of those tokens are added. ``dtype`` as in :meth:`from_moments`.
         """
         if not per_step:
             raise ValueError("grow needs statistics of at least one step")
@@ -164,19 +206,32 @@ class NullSpace(Mapping[str, LayerBasis]):
             for name, lm in moments.moments.items():
                 if lm.n == 0:
                     continue
+                if lm.diagonal:
+                    core = cores.setdefault(name, [torch.zeros(lm.dim, dtype=torch.bool,
+                                                               device=lm.S.device)])
+                    _grow_tokens(core[0], lm.S[0], e)
+                    continue
                 C = lm.covariance(moments.include_bias)
                 cores.setdefault(name, [C.new_zeros(C.shape[-1], 0) for _ in range(len(C))])
                 cores[name] = [_grow_core(U, Cg, e) for U, Cg in zip(cores[name], C)]
         if not cores:
             raise ValueError("no statistics were accumulated in any step (is D_r empty?)")
         found = {}
+        dtypes = _store_dtypes(per_step[0].model, cores, dtype)
         for name, Us in cores.items():
             lm = per_step[0].moments[name]
+            if lm.diagonal:
+                core = Us[0]
+                r = int(core.sum())
+                sub = {"core": True, "null": False}.get(store, r <= lm.dim - r)
+                ids = (core if sub else ~core).nonzero().view(-1)
+                found[name] = LayerBasis(lm.kind, lm.dim, [ids], [sub], [r], False)
+                continue
             d = Us[0].shape[0]
             bases, subs = [], []
             for U in Us:
                 B, sub = _complete(U, store)
-                bases.append(B.to(dtype))
+                bases.append(B.to(dtypes[name]))
                 subs.append(sub)
             found[name] = LayerBasis(lm.kind, d, bases, subs, [U.shape[1] for U in Us],
                                       per_step[0].include_bias)
@@ -266,16 +321,22 @@ class NullSpace(Mapping[str, LayerBasis]):
         """Raise ``ValueError`` unless every basis is finite, orthonormal and of its rank.
 
         Checked: shapes (d, r) when storing the core and (d, d − r) when storing the null
-        space, all values finite, and ``max |BᵀB − I| <= ORTHO_TOL[dtype]`` (computed in
-        float64). :meth:`load` calls it, so an edited or damaged file is refused.
+        space, all values finite, and ``max |BᵀB − I| <= ortho_tol(dtype, d)`` (computed in
+        float64). An embedding's basis: r (or d − r) distinct token ids in [0, d), sorted,
+        int64. :meth:`load` calls it, so an edited or damaged file is refused.
         """
         for name, lb in self._layers.items():
             if lb.kind not in KINDS or lb.groups < 1 or \
                     not (len(lb.subtract) == len(lb.ranks) == lb.groups):
                 raise ValueError(f"layer {name!r}: kind {lb.kind!r}, {lb.groups} bases,"
                                  f" {len(lb.subtract)} flags, {len(lb.ranks)} ranks")
+            if lb.diagonal and (lb.groups != 1 or lb.include_bias):
+                raise ValueError(f"layer {name!r}: an embedding has one basis and no bias")
             for g, (B, sub, r) in enumerate(zip(lb.bases, lb.subtract, lb.ranks)):
                 cols = r if sub else lb.d - r
+                if lb.diagonal:
+                    _check_token_ids(name, B, lb.d, cols, r)
+                    continue
                 if B.dim() != 2 or tuple(B.shape) != (lb.d, cols) or not 0 <= r <= lb.d:
                     raise ValueError(f"layer {name!r} group {g}: basis {tuple(B.shape)} does"
                                      f" not fit d = {lb.d}, rank {r}")
@@ -285,11 +346,12 @@ class NullSpace(Mapping[str, LayerBasis]):
                     Bd = B.detach().double()
                     err = float((Bd.mT @ Bd - torch.eye(cols, dtype=torch.float64,
                                                          device=B.device)).abs().max())
-                    tol = ORTHO_TOL.get(B.dtype, 1e-3)
+                    tol = ortho_tol(B.dtype, lb.d)
                     if not err <= tol:
                         raise ValueError(f"layer {name!r} group {g}: the basis is not"
                                          f" orthonormal (max |BᵀB − I| = {err:.2e} >"
-                                         f" {tol:g})")
+                                         f" {tol:.2g}, the tolerance of {B.dtype} at"
+                                         f" d = {lb.d})")
 
     def warnings(self) -> list[str]:
         """A line per layer whose core is empty (updates of that layer are unconstrained:
@@ -330,9 +392,40 @@ class NullSpace(Mapping[str, LayerBasis]):
         return "\n".join(rows)
 
 
-#: Largest ``max |BᵀB − I|`` a loaded basis may show, by its dtype.
-ORTHO_TOL = {torch.float64: 1e-8, torch.float32: 1e-3, torch.float16: 2e-2,
-             torch.bfloat16: 5e-2}
+def _store_dtypes(model: nn.Module, names, dtype: torch.dtype | None
+                  ) -> dict[str, torch.dtype]:
+    """Per layer name, the dtype its basis is stored in: ``dtype``, else its weight's."""
+    if dtype is not None:
+        return {n: dtype for n in names}
+    modules = dict(model.named_modules())
+    return {n: store_dtype(modules[n].weight.dtype) for n in names}
+
+
+def _check_token_ids(name: str, B, d: int, cols: int, r: int) -> None:
+    if not isinstance(B, Tensor) or B.dim() != 1 or B.dtype != torch.int64 \
+            or B.numel() != cols or not 0 <= r <= d:
+        shape = tuple(B.shape) if isinstance(B, Tensor) else B
+        raise ValueError(f"layer {name!r}: an embedding's basis must be {cols} int64 token ids"
+                         f" (d = {d}, rank {r}), got {shape}")
+    if cols and (int(B[0]) < 0 or int(B[-1]) >= d or bool((B[1:] <= B[:-1]).any())):
+        raise ValueError(f"layer {name!r}: an embedding's token ids must be distinct, sorted"
+                         f" and in [0, {d})")
+
+
+def _grow_tokens(core: Tensor, counts: Tensor, eps: float) -> None:
+    """GPM growth of an embedding's core token set (a bool mask), in place: add the most
+    frequent tokens outside it until it holds a share ``eps`` of this step's counts."""
+    total = int(counts.sum())
+    if total <= 0:
+        return
+    captured = int(counts[core].sum())
+    if captured >= eps * total:
+        return
+    rest = torch.where(core, torch.zeros_like(counts), counts)
+    order = torch.sort(rest, descending=True, stable=True).indices
+    cum = captured + torch.cumsum(rest[order], 0)
+    k = min(int((cum < eps * total).sum()) + 1, int((rest > 0).sum()))
+    core[order[:k]] = True
 
 _META_KEYS = {"kind": str, "d": int, "subtract": list, "ranks": list, "include_bias": bool}
 
@@ -358,6 +451,12 @@ def _layer_from(name: str, m, tensors: Mapping, bad: Callable[[str], ValueError]
         if not isinstance(B, Tensor):
             raise bad(f"tensor {name}/{g} is missing")
         cols = r if sub else d - r
+        if m["kind"] in DIAGONAL_KINDS:
+            if B.dim() != 1 or B.numel() != cols or B.dtype != torch.int64:
+                raise bad(f"tensor {name}/{g} is {tuple(B.shape)} {B.dtype}, expected {cols}"
+                          " int64 token ids")
+            bases.append(B)
+            continue
         if B.dim() != 2 or tuple(B.shape) != (d, cols) or not B.is_floating_point():
             raise bad(f"tensor {name}/{g} is {tuple(B.shape)} {B.dtype}, expected a floating"
                       f" ({d}, {cols}) basis")

@@ -18,7 +18,7 @@ by one small collective before any data moves, and raised on every rank rather t
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor
@@ -80,6 +80,9 @@ def _segments(moments: MomentSet) -> list[tuple[Tensor, Callable[[Tensor], None]
     """
     segs = []
     for lm in moments.moments.values():
+        if lm.diagonal:                # an embedding's token counts: one int64 vector
+            segs.append((lm.S[0], lm.S[0].copy_))
+            continue
         for g in range(lm.groups):
             S, d = lm.S[g], lm.dim
             h = _block_rows(d)
@@ -165,9 +168,12 @@ def assign_layers(costs: list[float], world: int) -> list[int]:
 
 
 def distributed_bases(moments: MomentSet, rule, *, include_bias: bool, store: str,
-                      dtype: torch.dtype, group=None, progress: bool = False,
-                      method: str = "eigh") -> dict:
+                      dtype: torch.dtype | Mapping[str, torch.dtype], group=None,
+                      progress: bool = False, method: str = "eigh") -> dict:
     """Per-layer bases, each decomposed on one rank and broadcast to all (see module doc).
+
+    ``dtype``: the stored bases' dtype, one for all layers or one per layer name. An
+    embedding's basis (token ids, int64) costs a sort, not an eigh, and is weighed so.
 
     Every rank must pass the same, already summed statistics; that is checked (layers, shapes
     and row counts) before any work. A failure on the rank that owns a layer is raised on
@@ -181,7 +187,9 @@ def distributed_bases(moments: MomentSet, rule, *, include_bias: bool, store: st
     names = list(moments.moments)
     lms = list(moments.moments.values())
     extra = 1 if include_bias else 0
-    owner = assign_layers([lm.groups * float(lm.dim + extra) ** 3 for lm in lms], world)
+    dtypes = dtype if isinstance(dtype, Mapping) else {n: dtype for n in names}
+    owner = assign_layers([float(lm.dim) if lm.diagonal else
+                           lm.groups * float(lm.dim + extra) ** 3 for lm in lms], world)
 
     mine: dict[int, LayerBasis] = {}
     error: BaseException | None = None
@@ -190,7 +198,7 @@ def distributed_bases(moments: MomentSet, rule, *, include_bias: bool, store: st
         for i in todo:
             try:
                 mine[i] = layer_basis(names[i], lms[i], rule, include_bias=include_bias,
-                                      store=store, dtype=dtype, method=method)
+                                      store=store, dtype=dtypes[names[i]], method=method)
             except Exception as exc:  # raised on every rank below, after the collective
                 error = exc
                 break
@@ -205,7 +213,7 @@ def distributed_bases(moments: MomentSet, rule, *, include_bias: bool, store: st
     for i, lb in mine.items():
         for g in range(lb.groups):
             meta[3 * (offsets[i] + g):3 * (offsets[i] + g + 1)] = torch.tensor(
-                [lb.bases[g].shape[1], lb.ranks[g], int(lb.subtract[g])])
+                [lb.bases[g].shape[-1], lb.ranks[g], int(lb.subtract[g])])
     if error is not None:
         meta[offsets[-1] * 3 + me] = 1
     dist.all_reduce(meta, group=group)
@@ -219,18 +227,20 @@ def distributed_bases(moments: MomentSet, rule, *, include_bias: bool, store: st
     layers = {}
     for i, (name, lm) in enumerate(zip(names, lms)):
         rows = meta[offsets[i]:offsets[i + 1]]
-        d = lm.dim + extra
+        d = lm.dim if lm.diagonal else lm.dim + extra
         widths = [m for m, _, _ in rows]
         if owner[i] == me:
-            buf = torch.cat(mine[i].bases, 1).contiguous()
+            buf = torch.cat(mine[i].bases, 1 - int(lm.diagonal)).contiguous()
+        elif lm.diagonal:
+            buf = torch.empty(sum(widths), dtype=torch.int64, device=lm.S.device)
         else:
-            buf = torch.empty(d, sum(widths), dtype=dtype, device=lm.S.device)
+            buf = torch.empty(d, sum(widths), dtype=dtypes[name], device=lm.S.device)
         if buf.numel():
             src = owner[i] if group is None else dist.get_global_rank(group, owner[i])
             dist.broadcast(buf, src=src, group=group)
-        layers[name] = LayerBasis(lm.kind, d, list(buf.split(widths, 1)),
+        layers[name] = LayerBasis(lm.kind, d, list(buf.split(widths, -1)),
                                   [bool(s) for _, _, s in rows], [r for _, r, _ in rows],
-                                  include_bias)
+                                  include_bias and not lm.diagonal)
     return layers
 
 

@@ -23,6 +23,11 @@ class LayerMoments:
 
     ``colsum`` (groups, d) is kept when a constant-1 bias feature is requested: the augmented
     moment ``[[S, s], [sᵀ, n]]`` needs no copy of the inputs.
+
+    An embedding (``kind == "embedding"``, :attr:`diagonal`) sees one-hot inputs e_t, so its
+    S = Σ e_t e_tᵀ is diagonal: S is then its diagonal only, a (1, vocab) int64 vector of
+    token counts (exact at any corpus size; a float32 count stops growing at 2^24), and
+    ``n`` equals the sum of the counts.
     """
 
     kind: str
@@ -41,12 +46,27 @@ class LayerMoments:
 
     @property
     def dim(self) -> int:
-        """d, the length of one input (patch) vector per group."""
+        """d, the length of one input (patch) vector per group (the vocabulary size for an
+        embedding)."""
         return self.S.shape[-1]
+
+    @property
+    def diagonal(self) -> bool:
+        """True when S is stored as its diagonal (an embedding's token counts)."""
+        return self.kind == "embedding"
+
+    def diag(self) -> Tensor:
+        """The diagonal of S, (groups, d), without building anything d x d."""
+        return self.S if self.diagonal else torch.diagonal(self.S, dim1=-2, dim2=-1)
 
     def covariance(self, include_bias: bool = False, dtype: torch.dtype = torch.float64
                    ) -> Tensor:
-        """``C = S / n`` as full symmetric (groups, D, D) matrices, D = d (+1 with bias)."""
+        """``C = S / n`` as full symmetric (groups, D, D) matrices, D = d (+1 with bias).
+
+        Not for an embedding (vocab x vocab): its covariance is ``diag() / n``."""
+        if self.diagonal:
+            raise ValueError("an embedding's second moment is diagonal: use diag() / n, never"
+                             " a dense vocab x vocab matrix")
         if self.n == 0:
             raise ValueError("no inputs were accumulated (is D_r empty?)")
         C = symmetric(self.S.to(dtype))

@@ -44,6 +44,11 @@ def project_(model_or_params: nn.Module | Mapping[str, Tensor] | Iterable[tuple[
     an SGD step leaves the layer's outputs on D_r (nearly) unchanged. Parameters whose
     ``.grad`` is None are skipped. Every layer is checked before any gradient is touched.
 
+    An embedding's basis (``embeddings=True``) is a set of token rows: its gradient rows of
+    the core tokens are zeroed (a row mask, done in PyTorch for every backend). A weight
+    tied between an embedding and a head is projected by both bases (the two act on
+    opposite sides of the one gradient and commute).
+
     Distributed: with DDP pass the wrapped module (``ddp.module``); each rank projects its
     copy of the all-reduced gradients. With FSDP2 (``fully_shard``) the gradients are DTensors
     sharded by rows and each rank projects its own rows, with no communication (a row's
@@ -62,13 +67,17 @@ def project_(model_or_params: nn.Module | Mapping[str, Tensor] | Iterable[tuple[
     if missing:
         raise KeyError(f"bases name layers with no weight parameter here: {missing}")
 
-    grads, mats, subtract, write_back = [], [], [], []
+    grads, mats, subtract, write_back, row_masks = [], [], [], [], []
     for name, lb in bases.items():
         W, b = params[name]["weight"], params[name].get("bias")
         if W.grad is None:
             continue
         # Rows are projected independently, so a row shard (FSDP2) is projected locally.
         grad, row0 = local_rows(W.grad, name)
+        if lb.diagonal:
+            _check_embedding(name, lb, W.grad, grad)
+            row_masks.append((grad, row0, lb))
+            continue
         rows_total = W.grad.shape[0]
         if lb.kind == "conv1d":
             grad, rows_total = _conv1d_rows(name, W.grad, grad), W.grad.shape[1]
@@ -89,11 +98,41 @@ def project_(model_or_params: nn.Module | Mapping[str, Tensor] | Iterable[tuple[
         if not is_view or bgrad is not None:
             write_back.append((G, grad, bgrad))
     ops.project_grads_(grads, mats, subtract, backend=backend)
+    for grad, row0, lb in row_masks:
+        _mask_rows_(grad, row0, lb)
     for G, grad, bgrad in write_back:
         k = grad[0].numel() if len(grad) else 0
         grad.copy_(G[:, :k].view_as(grad))
         if bgrad is not None:
             bgrad.copy_(G[:, k])
+
+
+def _check_embedding(name: str, lb: LayerBasis, full: Tensor, local: Tensor) -> None:
+    """An embedding's gradient (vocab, dim) must be dense, with vocab = the basis's d."""
+    if full.is_sparse or local.is_sparse:
+        raise ValueError(f"layer {name!r}: a sparse embedding gradient cannot be projected;"
+                         " build the embedding with sparse=False")
+    if full.dim() != 2 or full.shape[0] != lb.d:
+        raise ValueError(f"layer {name!r}: gradient {tuple(full.shape)} is not (vocab, dim)"
+                         f" for a vocabulary of d = {lb.d} tokens")
+    if local.device != lb.device:
+        raise ValueError(f"layer {name!r}: gradient is on {local.device}, basis on"
+                         f" {lb.device}; use bases.to(device)")
+
+
+def _mask_rows_(grad: Tensor, row0: int, lb: LayerBasis) -> None:
+    """An embedding's projection: the basis is the one-hot columns e_t of a token set, so
+    ``G − G U_r U_rᵀ`` zeroes the gradient rows of the core tokens (``subtract``) and
+    ``G U_0 U_0ᵀ`` keeps only those of the null tokens. ``grad`` holds rows row0.. of it."""
+    ids = lb.bases[0]
+    if row0 != 0 or len(grad) != lb.d:   # a row shard: the ids that fall in it, made local
+        ids = ids[(ids >= row0) & (ids < row0 + len(grad))] - row0
+    if lb.subtract[0]:
+        grad.index_fill_(0, ids, 0)
+    else:
+        keep = torch.zeros(len(grad), 1, dtype=torch.bool, device=grad.device)
+        keep[ids] = True
+        grad.masked_fill_(~keep, 0)
 
 
 def _conv1d_rows(name: str, full: Tensor, local: Tensor) -> Tensor:

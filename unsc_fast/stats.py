@@ -9,6 +9,10 @@ Batches may be tensors, tuples (inputs first) or mappings such as a tokenizer's
 ``BatchEncoding`` (passed as ``model(**batch)``); with an ``attention_mask`` only the positions
 where it is 1 enter S. Layers that receive the very same input tensor in a forward (q/k/v,
 gate/up) are detected on the first forward and share one statistic (``shared``).
+
+With ``embeddings=True`` every ``nn.Embedding`` is watched too: its input is the one-hot
+vector of a token id, so its statistic is the vector of token counts over the (unmasked)
+positions, kept as int64 (see :class:`unsc_fast.layer_moments.LayerMoments`).
 """
 from __future__ import annotations
 
@@ -34,17 +38,20 @@ from .reference import symmetric
 TINY = {torch.float32: 2.0 ** -60, torch.float64: 2.0 ** -500}
 
 
-def supported_layers(model: nn.Module, names: Iterable[str] | str | None = None
-                     ) -> dict[str, nn.Module]:
+def supported_layers(model: nn.Module, names: Iterable[str] | str | None = None, *,
+                     embeddings: bool = False) -> dict[str, nn.Module]:
     """The covered layers of ``model`` by module name (see :func:`unsc_fast.layers.select_layers`:
-    names or patterns, tied weights left out)."""
-    return layers.select_layers(model, names)
+    names or patterns, tied weights left out unless every use is covered)."""
+    return layers.select_layers(model, names, embeddings=embeddings)
 
 
 def _new_moments(module: nn.Module, dtype: torch.dtype, include_bias: bool,
                  device: torch.device | None = None) -> LayerMoments:
     dev = module.weight.device if device is None else device
-    kind = layers.kind_of(module)
+    kind = layers.kind_of(module, embeddings=True)
+    if kind == "embedding":             # diagonal: the token counts, exact in int64
+        return LayerMoments(kind, torch.zeros(1, module.num_embeddings, dtype=torch.int64,
+                                              device=dev), 0, None, None, None)
     geom = ConvGeometry.of(module) if kind == "conv2d" else None
     g, d = layers.groups_of(module), layers.input_dim(module)
     S = torch.zeros(g, d, d, dtype=dtype, device=dev)
@@ -75,6 +82,11 @@ class SecondMoments:
             model runs on a GPU; inputs are copied there to be accumulated.
         share_inputs: layers fed the very same input tensor share one statistic (``shared``
             maps each follower to the layer whose statistic it uses).
+        embeddings: also watch every ``nn.Embedding`` (default: they are not covered and stay
+            frozen). Its statistic is the int64 vector of token counts over the positions
+            where ``attention_mask`` is 1 (S = diag(counts): the input of token t is the
+            one-hot e_t); ``dtype`` does not apply to it. An embedding whose weight an output
+            head shares (tied) is taken together with that head, each use with its own basis.
     """
 
     model: nn.Module
@@ -85,6 +97,7 @@ class SecondMoments:
     check_inputs: bool = True
     device: torch.device | str | None = None
     share_inputs: bool = True
+    embeddings: bool = False
     moments: dict[str, LayerMoments] = field(init=False)
     shared: dict[str, str] = field(init=False)
 
@@ -93,7 +106,7 @@ class SecondMoments:
             raise TypeError(f"dtype must be torch.float32 or torch.float64, got {self.dtype}")
         if isinstance(self.layers, str):  # one name, not its characters
             self.layers = [self.layers]
-        self._modules = supported_layers(self.model, self.layers)
+        self._modules = supported_layers(self.model, self.layers, embeddings=self.embeddings)
         self.layers = list(self._modules)
         dev = None if self.device is None else torch.device(self.device)
         self.moments = {n: _new_moments(m, self.dtype, self.include_bias, dev)
@@ -112,6 +125,9 @@ class SecondMoments:
         lm = self.moments[self.shared.get(name, name)]
         if x.device != lm.S.device:
             x = x.to(lm.S.device)
+        if lm.diagonal:
+            self._count_tokens(name, lm, x)
+            return
         if lm.kind == "conv2d":
             if self._mask is not None:
                 raise ValueError(f"layer {name!r}: an attention_mask cannot select conv inputs")
@@ -130,6 +146,28 @@ class SecondMoments:
         self._updates += 1
         if lm.peak is not None and x.numel():
             lm.peak = torch.maximum(lm.peak, x.detach().abs().amax().to(lm.peak))
+
+    def _count_tokens(self, name: str, lm: LayerMoments, ids: Tensor) -> None:
+        """An embedding's S += diag(counts of the unmasked token ids); checked before adding."""
+        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            raise TypeError(f"embedding {name!r}: its input is {ids.dtype}, not token ids")
+        mask = self._mask
+        if mask is not None:
+            if ids.shape != mask.shape:
+                try:        # e.g. position ids (1, T) of a (B, T) batch
+                    ids = ids.expand(mask.shape)
+                except RuntimeError:
+                    raise ValueError(f"embedding {name!r}: its input {tuple(ids.shape)} does"
+                                     " not line up with the attention_mask"
+                                     f" {tuple(mask.shape)}; leave it out (layers=)") from None
+            ids = ids[mask.to(ids.device)]
+        ids = ids.reshape(-1).long()
+        vocab = lm.dim
+        if ids.numel() and (bool(ids.min() < 0) or bool(ids.max() >= vocab)):
+            raise IndexError(f"embedding {name!r}: token ids outside [0, {vocab})")
+        lm.S[0] += torch.bincount(ids, minlength=vocab)
+        lm.n += ids.numel()
+        self._updates += 1
 
     def _unmasked_rows(self, name: str, x: Tensor) -> Tensor:
         """The (rows, d) input vectors of a Linear/Conv1D, without masked (padding) positions."""
@@ -288,8 +326,7 @@ class SecondMoments:
         The diagonal suffices: a non-finite input x makes Σx² of its feature NaN or Inf.
         """
         self.check_whole()
-        bad = [n for n, lm in self.moments.items()
-               if not torch.isfinite(torch.diagonal(lm.S, dim1=-2, dim2=-1)).all()]
+        bad = [n for n, lm in self.moments.items() if not torch.isfinite(lm.diag()).all()]
         if bad:
             hint = " or use float64 statistics (dtype=torch.float64; --stats-dtype float64)" \
                 if self.dtype == torch.float32 else ""
@@ -320,7 +357,7 @@ class SecondMoments:
             if o.S.shape != lm.S.shape:
                 raise ValueError(f"layer {name!r}: shapes {tuple(o.S.shape)} and"
                                  f" {tuple(lm.S.shape)} differ")
-            lm.S += torch.triu(o.S.to(lm.S))
+            lm.S += o.S.to(lm.S) if lm.diagonal else torch.triu(o.S.to(lm.S))
             lm.n += o.n
             if lm.peak is not None:
                 lm.peak = None if o.peak is None else torch.maximum(lm.peak, o.peak.to(lm.peak))
@@ -350,7 +387,8 @@ class SecondMoments:
                 state[name] = {"same_as": self.shared[name]}
                 continue
             lm = self.moments[name]
-            state[name] = {"kind": lm.kind, "S": torch.triu(lm.S), "n": lm.n,
+            state[name] = {"kind": lm.kind, "S": lm.S.clone() if lm.diagonal
+                           else torch.triu(lm.S), "n": lm.n,
                            "colsum": lm.colsum,
                            "geometry": None if lm.geometry is None else asdict(lm.geometry)}
         return state
@@ -373,10 +411,14 @@ class SecondMoments:
                                                       else torch.device(self.device))
                for n in state}
         for name, s in state.items():
+            kind = own[name].kind
+            if s.get("kind", kind) != kind:
+                raise ValueError(f"layer {name!r}: saved statistics are of kind"
+                                 f" {s.get('kind')!r}, the model's layer is {kind!r}")
             if tuple(s["S"].shape) != tuple(own[name].S.shape):
                 raise ValueError(f"layer {name!r}: saved S is {tuple(s['S'].shape)}, the model"
                                  f" needs {tuple(own[name].S.shape)}")
-            check_saved_moments(name, s["S"], s["n"], s.get("colsum"))
+            check_saved_moments(name, s["S"], s["n"], s.get("colsum"), kind=kind)
         self.moments, self.shared, self._sharing_known = own, shared, True
         for name, s in state.items():
             lm = self.moments[name]
@@ -468,14 +510,27 @@ def _within_tokens(inputs: dict, budget: int, first: bool) -> dict:
     return _rows(inputs, max(fits, 1) if first else fits)
 
 
-def check_saved_moments(name: str, S, n, colsum=None) -> None:
+def check_saved_moments(name: str, S, n, colsum=None, kind: str | None = None) -> None:
     """Raise ``ValueError`` unless saved statistics can be those of real inputs: ``n`` an
     integer >= 1 (0 only with S = 0), S a finite floating tensor whose full form is symmetric
-    (an upper-triangular S is read as its upper triangle) with a non-negative diagonal."""
+    (an upper-triangular S is read as its upper triangle) with a non-negative diagonal.
+
+    An embedding's S (``kind="embedding"``) is its diagonal: integer token counts >= 0 that
+    sum to ``n``."""
     if isinstance(n, Tensor) and n.numel() == 1 and not n.is_floating_point():
         n = int(n)
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise ValueError(f"layer {name!r}: sample count n = {n!r} is not an integer >= 0")
+    if kind in layers.DIAGONAL_KINDS:
+        if not isinstance(S, Tensor) or S.is_floating_point() or S.is_complex() \
+                or S.dtype == torch.bool:
+            raise ValueError(f"layer {name!r}: an embedding's S must be integer token counts")
+        if bool((S < 0).any()):
+            raise ValueError(f"layer {name!r}: a token count is negative ({int(S.min())})")
+        if int(S.sum()) != n:
+            raise ValueError(f"layer {name!r}: the token counts sum to {int(S.sum())}, but"
+                             f" n = {n}")
+        return
     if not isinstance(S, Tensor) or not S.is_floating_point():
         raise ValueError(f"layer {name!r}: S is not a floating tensor")
     if not bool(torch.isfinite(S).all()):

@@ -94,6 +94,8 @@ def freeze_for_unlearning(model: nn.Module, bases: NullSpace | None, dropout: bo
         p.requires_grad_(False)
     for n in names:
         m = modules[n]
+        if any(m.weight is p for p in trainable):   # a weight tied between covered layers
+            continue
         m.weight.requires_grad_(True)
         trainable.append(m.weight)
         if bases is not None and bases[n].include_bias and m.bias is not None:
