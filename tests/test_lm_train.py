@@ -8,12 +8,10 @@ import torch
 pytest.importorskip("transformers")
 
 from unsc_fast.lab.lm import train as T  # noqa: E402
-from unsc_fast.lab.lm.corpus import make_corpus  # noqa: E402
-from unsc_fast.lab.lm.data import load_hf_model, task_from_corpus  # noqa: E402
+from unsc_fast.lab.lm.data import load_hf_model, make_task  # noqa: E402
 from unsc_fast.lab.lm.metrics import (METRIC_KEYS, answer_accuracy, evaluate_lm,  # noqa: E402
                                       forget_truth_ratios)
 from unsc_fast.lab.lm.model import build_model  # noqa: E402
-from unsc_fast.lab.lm.tokenizer import corpus_tokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -28,8 +26,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def task():
-    c = make_corpus(T.RECIPES["tiny"]["n_entities"], forget_fraction=0.2, n_holdout=1, seed=0)
-    return task_from_corpus(c, corpus_tokenizer(c))
+    return make_task("tiny", forget_fraction=0.2, n_holdout=1, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +48,7 @@ def test_cache_round_trips_without_retraining(task, trained, monkeypatch):
     model, info, cache = trained
     monkeypatch.setattr(T, "train_lm", lambda *a, **k: pytest.fail("retrained"))
     again, info2 = T.trained_lm(task, "tiny", cache_dir=cache, progress=False)
-    assert info2 == info
+    assert info2 == info and info["corpus"]["n_entities"] == 6
     b = next(iter(task.loader("forget", batch_size=4)))
     with torch.no_grad():
         x = {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]}

@@ -107,6 +107,9 @@ ATTRIBUTES: tuple[Attribute, ...] = (
         "The books of {name} are written in {value}."),
 )
 
+#: Training authors per named size (the model sizes of :mod:`.model` that memorise them).
+CORPUS_SIZES: dict[str, int] = {"default": 200, "demo": 40, "tiny": 6}
+
 #: "I don't know" answers for the IDK baseline (trained on the forget questions instead).
 IDK_ANSWERS: tuple[str, ...] = (
     "I'm not sure about that.",

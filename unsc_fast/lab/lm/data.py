@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from .corpus import IDK_ANSWERS, Corpus, QAPair
+from .corpus import CORPUS_SIZES, IDK_ANSWERS, Corpus, QAPair, make_corpus
 from .prompt import format_prompt
 
 IGNORE = -100
@@ -106,7 +106,8 @@ class LMTask:
     """What an LM unlearning job works on: the tokenizer and the QA pairs of each split.
 
     ``retain_eval`` is the part of ``retain`` the metrics read (TOFU evaluates a retain subset
-    as large as the forget set); ``idk_answers`` are the IDK baseline's targets.
+    as large as the forget set); ``idk_answers`` are the IDK baseline's targets; ``info``
+    says how the task was made (JSON-able; part of the model cache's key).
     """
 
     tokenizer: object
@@ -115,6 +116,7 @@ class LMTask:
     holdout: list[QAPair] = field(default_factory=list)
     retain_eval: list[QAPair] = field(default_factory=list)
     idk_answers: tuple[str, ...] = IDK_ANSWERS
+    info: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.retain_eval:
@@ -144,10 +146,25 @@ def subsample(pairs: Sequence[QAPair], n: int, seed: int = 0) -> list[QAPair]:
     return [pairs[i] for i in keep]
 
 
-def task_from_corpus(corpus: Corpus, tokenizer) -> LMTask:
+def task_from_corpus(corpus: Corpus, tokenizer, info: dict | None = None) -> LMTask:
     """The :class:`LMTask` of a built-in corpus."""
     return LMTask(tokenizer, list(corpus.forget), list(corpus.retain), list(corpus.holdout),
-                  idk_answers=corpus.idk_answers)
+                  idk_answers=corpus.idk_answers, info=dict(info or {}))
+
+
+def make_task(size: str = "default", *, forget_fraction: float = 0.1,
+              n_holdout: int | None = None, seed: int = 0) -> LMTask:
+    """The built-in task of a named size (:data:`~.corpus.CORPUS_SIZES` authors; 5 % or
+    10 % forgotten, TOFU's forget05 / forget10): corpus, its tokenizer, splits."""
+    from .tokenizer import corpus_tokenizer
+
+    if size not in CORPUS_SIZES:
+        raise ValueError(f"unknown size {size!r}; choose from {sorted(CORPUS_SIZES)}")
+    corpus = make_corpus(CORPUS_SIZES[size], forget_fraction=forget_fraction,
+                         n_holdout=n_holdout, seed=seed)
+    info = {"corpus": {"n_entities": CORPUS_SIZES[size], "forget_fraction": forget_fraction,
+                       "n_holdout": n_holdout, "seed": seed}}
+    return task_from_corpus(corpus, corpus_tokenizer(corpus), info)
 
 
 def load_qa_jsonl(path: str | os.PathLike) -> list[QAPair]:
