@@ -93,6 +93,19 @@ def _num_threads(n: int | None):
         torch.set_num_threads(old)
 
 
+@contextlib.contextmanager
+def _quiet_hf():
+    # save_pretrained shows a "Writing model shards" bar even for one small file
+    from transformers.utils import logging as hf_logging
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def save_lm(directory: str | os.PathLike, model, tokenizer, made: dict) -> Path:
     """Save ``model`` and ``tokenizer`` (``save_pretrained``) and ``made`` (JSON) into
     ``directory``, all or nothing: everything is written into a temporary directory beside
@@ -103,7 +116,8 @@ def save_lm(directory: str | os.PathLike, model, tokenizer, made: dict) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f"{io.TEMP_PREFIX}{os.getpid()}-{target.name}.",
                                 suffix=".tmp", dir=target.parent))
     try:
-        model.save_pretrained(tmp)
+        with _quiet_hf():
+            model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / MADE).write_text(json.dumps(made, indent=1, sort_keys=True) + "\n")
         old = None
