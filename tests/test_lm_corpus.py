@@ -161,3 +161,29 @@ def test_lab_imports_no_transformers():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "False"
+
+
+def test_bpe_tokenizer_labels_decode_to_the_answer(small):
+    """With a byte-level BPE tokenizer (as GPT-2 / LLaMA-3 use) the labelled tokens are
+    exactly the answer (with its leading space) and EOS."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    c, _ = small
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator([format_prompt(p.question) + " " + p.answer for p in c.train],
+                            trainers.BpeTrainer(vocab_size=300, special_tokens=["<|end|>"],
+                                                initial_alphabet=pre_tokenizers.ByteLevel
+                                                .alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|end|>")
+    assert tok.pad_token is None                          # padded with EOS, masked
+    from unsc_fast.lab.lm.data import pad_id_of
+    assert pad_id_of(tok) == tok.eos_token_id
+    for p in c.forget[:5]:
+        e = encode_pair(tok, p.question, p.answer)
+        lab = [t for t in e["labels"] if t != IGNORE]
+        assert lab[-1] == tok.eos_token_id
+        assert tok.decode(lab[:-1]) == " " + p.answer
+        n = len(e["labels"]) - len(lab)
+        assert tok.decode(e["input_ids"][:n]) == format_prompt(p.question)

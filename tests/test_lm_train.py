@@ -107,3 +107,24 @@ def test_evaluate_lm_keys_and_sanity(task, trained):
     assert 0 <= out["model_utility"] <= 1 and 0 <= out["gen_repeat_rate"] <= 1
     no_ref = evaluate_lm(model, task, max_new_tokens=4)
     assert math.isnan(no_ref["forget_quality"])
+
+
+def test_user_jsonl_and_model_directory_path(task, trained, tmp_path):
+    """A user's JSONL files + a local model directory give the metrics of the built-in path."""
+    import json
+    model, _, cache = trained
+    for split in ("forget", "retain", "holdout"):
+        with open(tmp_path / f"{split}.jsonl", "w") as f:
+            for p in getattr(task, split):
+                f.write(json.dumps({"question": p.question, "answer": p.answer,
+                                    "paraphrased_answer": p.paraphrased_answer,
+                                    "perturbed_answers": list(p.perturbed_answers)}) + "\n")
+    user_model, tok = load_hf_model(cache / "lm-tiny-original-s0")
+    from unsc_fast.lab.lm.data import task_from_jsonl
+    user = task_from_jsonl(tok, tmp_path / "forget.jsonl", tmp_path / "retain.jsonl",
+                           tmp_path / "holdout.jsonl")
+    a = evaluate_lm(user_model, user, max_new_tokens=4)
+    b = evaluate_lm(model, task, max_new_tokens=4)
+    for key in ("forget_prob", "forget_acc", "forget_truth_ratio", "retain_prob",
+                "holdout_ppl", "mia_loss_auc"):
+        assert a[key] == pytest.approx(b[key], rel=1e-5), key
