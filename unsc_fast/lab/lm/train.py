@@ -95,7 +95,8 @@ def _num_threads(n: int | None):
 
 @contextlib.contextmanager
 def _quiet_hf():
-    # save_pretrained shows a "Writing model shards" bar even for one small file
+    # (from|save)_pretrained show a bar ("Loading weights", "Writing model shards") even
+    # for one small file of a cached toy model
     from transformers.utils import logging as hf_logging
     was = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
@@ -143,7 +144,8 @@ def load_lm(directory: str | os.PathLike):
     if not (d / MADE).is_file():
         raise FileNotFoundError(f"{str(d)!r} holds no cached LM (no {MADE})")
     tok = transformers.AutoTokenizer.from_pretrained(d, local_files_only=True)
-    model = transformers.AutoModelForCausalLM.from_pretrained(d, local_files_only=True)
+    with _quiet_hf():
+        model = transformers.AutoModelForCausalLM.from_pretrained(d, local_files_only=True)
     return model.eval(), tok, json.loads((d / MADE).read_text())
 
 
