@@ -17,11 +17,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from .corpus import Corpus, QAPair, make_corpus
-from .data import QATask, make_loader, pad_id_of
+from .corpus import CORPUS_SIZES, QAPair
+from .data import QATask, make_loader, make_task, pad_id_of
 from .methods import METHODS, LMTask, run_method
 from .metrics import METRIC_KEYS, evaluate_lm, forget_truth_ratios
-from .tokenizer import corpus_tokenizer
 from .train import trained_lm
 
 #: The methods of a full comparison, in table order.
@@ -48,10 +47,9 @@ COLUMNS: tuple[tuple[str, str, float, str], ...] = (
 class LMSetup:
     """What one LM comparison runs on, besides the methods and seeds."""
 
-    n_entities: int = 200            # trained authors (forget + retain)
-    forget_fraction: float = 0.05    # share of them forgotten (5 % or 10 % as in TOFU)
+    size: str = "default"            # corpus, model and training recipe: default | demo | tiny
+    forget_fraction: float = 0.05    # share of the authors forgotten (TOFU: 5 % or 10 %)
     data_seed: int = 0               # the corpus and which authors are forgotten
-    size: str = "default"            # model size and training recipe (lab.lm.train.RECIPES)
     epochs: int = 5                  # the methods' budget: passes over the forget batches
     max_steps: int | None = None     # ... and an optional cap on steps
     batch_size: int = 16             # forget batches
@@ -60,24 +58,21 @@ class LMSetup:
     basis_method: str = "fast"       # "fast" or "eigh"
     cache_dir: str | None = None     # trained models, reused when made the same way
     device: str = "cpu"
+    threads: int | None = None       # torch threads while training (None: as set)
     eval_batch_size: int = 64
 
-    def corpus_args(self) -> dict:
-        return {"n_entities": self.n_entities, "forget_fraction": self.forget_fraction,
-                "data_seed": self.data_seed}
 
-
-def build_task(setup: LMSetup) -> tuple[Corpus, QATask, list[QAPair]]:
-    """The corpus, the evaluated task (holdout = the metrics' half of the held-out authors)
-    and the calibration pairs (the other half), all from ``setup.data_seed``."""
-    n_forget = min(setup.n_entities - 1,
-                   max(1, round(setup.forget_fraction * setup.n_entities)))
-    corpus = make_corpus(setup.n_entities, forget_fraction=setup.forget_fraction,
-                         n_holdout=2 * n_forget, seed=setup.data_seed)
-    calib, evaluate = split_holdout(corpus.holdout)
-    task = QATask(corpus_tokenizer(corpus), list(corpus.forget), list(corpus.retain),
-                  evaluate, idk_answers=corpus.idk_answers)
-    return corpus, task, calib
+def build_task(setup: LMSetup) -> tuple[QATask, list[QAPair]]:
+    """The evaluated task (its holdout: the metrics' half of the held-out authors) and the
+    calibration pairs (the other half), all from ``setup.data_seed``."""
+    if setup.size not in CORPUS_SIZES:
+        raise ValueError(f"unknown size {setup.size!r}; choose from {sorted(CORPUS_SIZES)}")
+    n = CORPUS_SIZES[setup.size]
+    n_forget = min(n - 1, max(1, round(setup.forget_fraction * n)))
+    task = make_task(setup.size, forget_fraction=setup.forget_fraction,
+                     n_holdout=2 * n_forget, seed=setup.data_seed)
+    calib, task.holdout = split_holdout(task.holdout)
+    return task, calib
 
 
 def split_holdout(pairs: Sequence[QAPair]) -> tuple[list[QAPair], list[QAPair]]:
@@ -125,12 +120,12 @@ def run_seed(setup: LMSetup, seed: int, methods: Sequence[str] = ALL_METHODS,
     if unknown:
         raise ValueError(f"unknown LM method(s) {unknown}; choose from {sorted(METHODS)}")
     hyper = hyper or {}
-    _, task, calib = build_task(setup)
-    made = setup.corpus_args()
+    task, calib = build_task(setup)
     original, info_o = trained_lm(task, setup.size, seed=seed, cache_dir=setup.cache_dir,
-                                  progress=progress, made=made)
+                                  progress=progress, threads=setup.threads)
     retrained, info_r = trained_lm(task, setup.size, retain_only=True, seed=seed,
-                                   cache_dir=setup.cache_dir, progress=progress, made=made)
+                                   cache_dir=setup.cache_dir, progress=progress,
+                                   threads=setup.threads)
     original.to(setup.device)
     retrained.to(setup.device)
     say(f"seed {seed}: original answer accuracy {100 * info_o['train_accuracy']:.2f} %"
@@ -237,7 +232,7 @@ def markdown(results: Sequence[SeedResult], methods: Sequence[str], setup: LMSet
     lines = [
         f"# LM unlearning: UNSC vs the LLM baselines ({len(seeds)} seed(s): {seeds})",
         "",
-        f"Corpus: {setup.n_entities} fictitious authors (data seed {setup.data_seed}),"
+        f"Corpus: {CORPUS_SIZES[setup.size]} fictitious authors (data seed {setup.data_seed}),"
         f" {100 * setup.forget_fraction:g} % forgotten; model size `{setup.size}`; budget"
         f" {setup.epochs} epoch(s) over the forget set, batch {setup.batch_size}; UNSC rule"
         f" `{setup.rule}`, bases `{setup.basis_method}`. torch {torch.__version__},"
