@@ -74,6 +74,7 @@ class LMUnlearnReport(UnlearnReport):
     steps: int = 0                # SGD steps taken
     mode: str = "sample"
     loss: str = "pseudo"
+    pushed_tokens: int = 0        # answer tokens given a pseudo-label (``pseudo_min_prob``)
 
 
 @dataclass
@@ -206,6 +207,7 @@ class _Labels:
     seqs: dict[tuple, _Seq] = field(default_factory=dict)
     sequences: int = 0
     tokens: int = 0
+    pushed: int = 0                # answer tokens with a pseudo-label (pseudo_min_prob)
     probe: dict | None = None
 
 
@@ -215,9 +217,12 @@ def _batches(data: Iterable, what: str, vocab: int | None) -> Iterator[dict]:
 
 
 @torch.no_grad()
-def _label_pass(original: nn.Module, forget: Iterable, vocab: int | None, device) -> _Labels:
+def _label_pass(original: nn.Module, forget: Iterable, vocab: int | None, device,
+                min_prob: float = 0.0) -> _Labels:
     """One pass of the frozen original over D_f: checks every batch, keeps each sequence's
-    pseudo-labels and answer loss (keyed by its tokens, so shuffling is fine)."""
+    pseudo-labels and answer loss (keyed by its tokens, so shuffling is fine). A token whose
+    pseudo-label the original gives a probability below ``min_prob`` gets none (-100), except
+    each sequence's most plausible one."""
     out = _Labels()
     for i, b in enumerate(_batches(forget, "forget", vocab)):
         logits = _logits(original, b, device)
@@ -228,9 +233,18 @@ def _label_pass(original: nn.Module, forget: Iterable, vocab: int | None, device
         pseudo = lm_pseudo_labels(logits, lab)
         losses = answer_nll(logits, lab).tolist()
         pos = answer_mask(lab)
+        # the original's probability of each pseudo-label (0 off the answer tokens)
+        plaus = logits[:, :-1].float().softmax(-1).gather(
+            -1, pseudo[:, 1:].clamp_min(0).unsqueeze(-1)).squeeze(-1)
         for r in range(len(lab)):
             key = _key(b["input_ids"][r], b["labels"][r], b["attention_mask"][r])
-            out.seqs[key] = _Seq(pseudo[r, 1:][pos[r]].cpu(), losses[r])
+            p_r = plaus[r][pos[r]]
+            keep = p_r >= min_prob
+            keep[int(p_r.argmax())] = True      # every sequence keeps its most plausible one
+            ps = pseudo[r, 1:][pos[r]].clone()
+            ps[~keep] = IGNORE
+            out.seqs[key] = _Seq(ps.cpu(), losses[r])
+            out.pushed += int(keep.sum())
         out.sequences += len(lab)
         out.tokens += int(pos.sum())
         if out.probe is None:
@@ -287,7 +301,7 @@ def unlearn_lm(model: nn.Module, forget: Iterable, retain: Iterable | None = Non
                method: str = "fast", layers: Iterable[str] | str | None = None,
                holdout: Iterable | None = None, mode: str = "sample", loss: str = "pseudo",
                lr: float = 0.05, epochs: int = 10, max_steps: int | None = None,
-               max_retain_tokens: int | None = None,
+               pseudo_min_prob: float = 0.0, max_retain_tokens: int | None = None,
                stats_dtype: torch.dtype = torch.float32, seed: int = 0,
                backend: str | None = None, progress: bool = True) -> LMUnlearnResult:
     """Make a causal LM forget the answers of ``forget`` while keeping ``retain``'s.
@@ -314,6 +328,10 @@ def unlearn_lm(model: nn.Module, forget: Iterable, retain: Iterable | None = Non
             or ``"ascent"`` (``log(target) - log(answer loss)``).
         lr, epochs, max_steps: plain SGD's step size, passes over D_f, and an optional cap
             on steps (the budget when comparing methods).
+        pseudo_min_prob: push only the answer tokens whose pseudo-label the original gives at
+            least this probability (and each sequence's most plausible one); 0 (default) =
+            every answer token, the paper's rule. Used by ``loss="pseudo"`` and
+            ``mode="token"``.
         max_retain_tokens: cap on the D_r tokens entering the statistics.
         stats_dtype: accumulation dtype of the statistics (float64 for tests).
         seed: seeds torch's RNG inside the run (the caller's RNG state is restored).
@@ -328,6 +346,9 @@ def unlearn_lm(model: nn.Module, forget: Iterable, retain: Iterable | None = Non
     """
     rule = _check_args(forget, retain, holdout, bases, layers, rule, method, mode, loss, lr,
                        epochs, max_steps, max_retain_tokens)
+    if isinstance(pseudo_min_prob, bool) or not isinstance(pseudo_min_prob, (int, float)) \
+            or not 0.0 <= pseudo_min_prob <= 1.0:
+        raise ValueError(f"pseudo_min_prob must be a number in [0, 1], got {pseudo_min_prob!r}")
     if bases is not None:
         bases.check(model)
     else:
@@ -341,7 +362,7 @@ def unlearn_lm(model: nn.Module, forget: Iterable, retain: Iterable | None = Non
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
             t = time.perf_counter()
-            labels = _label_pass(model, forget, vocab, device)
+            labels = _label_pass(model, forget, vocab, device, pseudo_min_prob)
             if mode == "sample":
                 f_keys = list(labels.seqs)
                 f_loss = torch.tensor([labels.seqs[k].loss for k in f_keys], dtype=torch.float64)
@@ -353,6 +374,7 @@ def unlearn_lm(model: nn.Module, forget: Iterable, retain: Iterable | None = Non
                     labels.seqs[k].target = tgt
             report.time_labels = time.perf_counter() - t
             report.forget_samples, report.forget_tokens = labels.sequences, labels.tokens
+            report.pushed_tokens = labels.pushed
             if bases is None:
                 bases = lm_bases(model, retain, rule, method=method, layers=layers,
                                  max_retain_tokens=max_retain_tokens, stats_dtype=stats_dtype,
@@ -403,7 +425,10 @@ def _sequence_loss(logits: torch.Tensor, lab: torch.Tensor, pseudo: torch.Tensor
     true = answer_nll(logits, lab)
     active = true.detach() < target
     if loss == "pseudo":
-        push = _per_row_mean(*_token_losses(logits, lab, pseudo))
+        # mean CE over each sequence's pushed tokens (CE is 0 where pseudo is -100)
+        nll, rows, counts = _token_losses(logits, lab, pseudo)
+        pushed = (pseudo[:, 1:][answer_mask(lab)] != IGNORE).long()
+        push = _per_row_mean(nll, rows, torch.zeros_like(counts).index_add(0, rows, pushed))
     else:
         tiny = torch.finfo(torch.float64).tiny
         push = torch.log(target.clamp_min(tiny)) - torch.log(true.clamp_min(tiny))

@@ -255,7 +255,8 @@ def retrain(task: LMTask) -> MethodResult:
 
 @register("unsc")
 def unsc(task: LMTask, lr: float = 0.05, epochs: int | None = None, mode: str | None = None,
-         loss: str = "pseudo", max_steps: int | None = None) -> MethodResult:
+         loss: str = "pseudo", max_steps: int | None = None,
+         pseudo_min_prob: float = 0.0) -> MethodResult:
     """UNSC (:func:`unsc_fast.unlearn_lm`): ``mode`` default ``"sample"`` when the task has
     held-out data, else ``"token"``."""
     bases, secs = _bases(task)
@@ -264,12 +265,14 @@ def unsc(task: LMTask, lr: float = 0.05, epochs: int | None = None, mode: str | 
                      epochs=task.epochs if epochs is None else epochs,
                      max_steps=task.max_steps if max_steps is None else max_steps,
                      holdout=task.holdout if mode == "sample" else None, mode=mode, loss=loss,
-                     seed=task.seed, progress=task.progress)
+                     pseudo_min_prob=pseudo_min_prob, seed=task.seed, progress=task.progress)
     r = res.report
     return MethodResult(res.model, {"bases": secs, "labels": r.time_labels,
                                     "unlearn": r.time_unlearn},
                         {"steps": r.steps, "epoch_loss": r.epoch_loss, "active": r.active,
-                         "mode": mode, "ranks": r.ranks, "dims": r.dims}, res.bases)
+                         "mode": mode, "ranks": r.ranks, "dims": r.dims,
+                         "pushed_tokens": r.pushed_tokens, "forget_tokens": r.forget_tokens},
+                        res.bases)
 
 
 @register("grad_ascent")
