@@ -115,3 +115,14 @@ def test_retrain_needs_the_builder(task):
     import dataclasses
     with pytest.raises(ValueError, match="task.retrain"):
         M.run_method("retrain", dataclasses.replace(task, retrain=None))
+
+
+def test_head_adds_the_output_head_to_the_bases(task):
+    head = task.model.get_output_embeddings()
+    name = next(n for n, m in task.model.named_modules() if m is head)
+    for method in ("unsc", "idk_proj"):
+        res = M.run_method(method, task, head=True, max_steps=2)
+        assert name in res.bases
+        moved = res.model.get_output_embeddings().weight
+        assert not torch.equal(moved, head.weight), f"{method} left the head frozen"
+    assert name not in M.run_method("unsc", task, max_steps=2).bases

@@ -5,6 +5,8 @@ The retained data has fewer tokens (21) than any layer has input features (32), 
 retained sequences unchanged (float64), where an unprojected one moves them."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -225,3 +227,19 @@ def test_gpt2_conv1d(data):
 def test_qa_helper_obeys_the_contract():
     ids, lab = qa([5, 6], [7])
     assert ids == [5, 6, 7, EOS] and lab == [-100, -100, 7, EOS]
+
+
+def test_pseudo_min_prob_keeps_one_token_per_sequence(data):
+    retain, forget, holdout = data
+    model = llama()
+    n_seq = sum(len(b["input_ids"]) for b in forget)
+    full = unsc_fast.unlearn_lm(model, forget, retain, **EXACT)
+    assert full.report.pushed_tokens == full.report.forget_tokens   # default: every token
+    one = unsc_fast.unlearn_lm(model, forget, retain, pseudo_min_prob=1.0, **EXACT)
+    assert one.report.pushed_tokens == n_seq < one.report.forget_tokens
+    part = unsc_fast.unlearn_lm(model, forget, retain, pseudo_min_prob=1.0, holdout=holdout,
+                                **{**EXACT, "mode": "sample", "epochs": 2, "max_steps": 3})
+    assert all(math.isfinite(x) for x in part.report.epoch_loss)
+    for bad in (-0.1, 1.5, True, "0.1"):
+        with pytest.raises(ValueError, match="pseudo_min_prob"):
+            unsc_fast.unlearn_lm(model, forget, retain, pseudo_min_prob=bad, **EXACT)

@@ -224,10 +224,19 @@ def _retain_term(task: LMTask, model: nn.Module, weight: float) -> Callable[[], 
     return lambda: weight * answer_loss(model, _to(next(stream), task.device))
 
 
-def _bases(task: LMTask) -> tuple[NullSpace, float]:
-    """UNSC's bases of the task (computed once, then cached in ``task.bases``) and the
-    seconds spent here."""
+def _bases(task: LMTask, head: bool = False) -> tuple[NullSpace, float]:
+    """UNSC's bases of the task and the seconds spent here: the default layers' (computed
+    once, then cached in ``task.bases``), or with ``head`` those layers plus the output head
+    (computed on each call)."""
     t = time.perf_counter()
+    if head:
+        out = task.model.get_output_embeddings()
+        name = [n for n, m in task.model.named_modules() if m is out]
+        if out is None or not name:
+            raise ValueError("head=True needs a model with an output head module")
+        bases = lm_bases(task.model, task.retain, task.rule, method=task.method,
+                         layers=lm_layers(task.model) + name[:1], progress=task.progress)
+        return bases, time.perf_counter() - t
     if task.bases is None:
         task.bases = lm_bases(task.model, task.retain, task.rule, method=task.method,
                               progress=task.progress)
@@ -256,10 +265,12 @@ def retrain(task: LMTask) -> MethodResult:
 @register("unsc")
 def unsc(task: LMTask, lr: float = 0.05, epochs: int | None = None, mode: str | None = None,
          loss: str = "pseudo", max_steps: int | None = None,
-         pseudo_min_prob: float = 0.0) -> MethodResult:
+         pseudo_min_prob: float = 0.0, head: bool = False) -> MethodResult:
     """UNSC (:func:`unsc_fast.unlearn_lm`): ``mode`` default ``"sample"`` when the task has
-    held-out data, else ``"token"``."""
-    bases, secs = _bases(task)
+    held-out data, else ``"token"``. ``head=True`` also projects and trains the (untied)
+    output head on its own basis (its input: the final hidden states); its bases are then
+    computed here, not cached in the task."""
+    bases, secs = _bases(task, head)
     mode = mode or ("sample" if task.holdout is not None else "token")
     res = unlearn_lm(task.model, task.forget, bases=bases, lr=lr,
                      epochs=task.epochs if epochs is None else epochs,
@@ -351,10 +362,11 @@ def idk(task: LMTask, lr: float = 1e-3, retain_weight: float = 1.0, weight_decay
 
 @register("idk_proj")
 def idk_proj(task: LMTask, lr: float = 0.05, epochs: int | None = None,
-             max_steps: int | None = None) -> MethodResult:
+             max_steps: int | None = None, head: bool = False) -> MethodResult:
     """IDK answers inside UNSC's null space (UNSC's bases, parameters and projected plain
-    SGD, IDK labels instead of pseudo-labels, no stopping): the ablation of UNSC's labels."""
-    bases, secs = _bases(task)
+    SGD, IDK labels instead of pseudo-labels, no stopping): the ablation of UNSC's labels.
+    ``head`` as in :func:`unsc`."""
+    bases, secs = _bases(task, head)
     model = copy.deepcopy(task.model)
     params = freeze_for_unlearning(model, bases)
     moved = bases.to(device=params[0].device, dtype=params[0].dtype)
