@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ... import helpers, io
+from .data import quiet_hf
 from .metrics import answer_accuracy
 
 MADE = "made.json"
@@ -91,24 +92,10 @@ def _num_threads(n: int | None):
         torch.set_num_threads(old)
 
 
-@contextlib.contextmanager
-def _quiet_hf():
-    # (from|save)_pretrained show a bar ("Loading weights", "Writing model shards") even
-    # for one small file of a cached toy model
-    from transformers.utils import logging as hf_logging
-    was = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was:
-            hf_logging.enable_progress_bar()
-
-
 def write_lm(directory: Path, model, tokenizer, made: dict) -> None:
     """Write ``model`` and ``tokenizer`` (``save_pretrained``) and ``made`` (JSON) into the
     existing ``directory`` (a staging directory: see :func:`save_lm`)."""
-    with _quiet_hf():
+    with quiet_hf():
         model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     (Path(directory) / MADE).write_text(json.dumps(made, indent=1, sort_keys=True) + "\n")
@@ -139,7 +126,7 @@ def load_lm(directory: str | os.PathLike):
     if not (d / MADE).is_file():
         raise FileNotFoundError(f"{str(d)!r} holds no cached LM (no {MADE})")
     tok = transformers.AutoTokenizer.from_pretrained(d, local_files_only=True)
-    with _quiet_hf():
+    with quiet_hf():
         model = transformers.AutoModelForCausalLM.from_pretrained(d, local_files_only=True)
     return model.eval(), tok, json.loads((d / MADE).read_text())
 
