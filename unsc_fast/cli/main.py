@@ -222,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seeds", type=int, nargs="+", metavar="S", help="seeds (default: 0)")
     c.add_argument("--no-figures", action="store_true", help="skip the PNGs")
     _job(c, _compare, _scenario, _train_flags, _unlearn_flags, _eval_flags)
+
+    from .lm import add_parser as add_lm
+    add_lm(sub)
     return p
 
 

@@ -8,6 +8,8 @@ shifts them itself.
 """
 from __future__ import annotations
 
+import contextlib
+
 import functools
 import json
 import os
@@ -210,6 +212,20 @@ def task_from_jsonl(tokenizer, forget: str | os.PathLike, retain: str | os.PathL
                   load_qa_jsonl(holdout) if holdout is not None else [])
 
 
+@contextlib.contextmanager
+def quiet_hf():
+    """No progress bars from ``(from|save)_pretrained`` inside the block: they show one
+    ("Loading weights", "Writing model shards") even for a small local file."""
+    from transformers.utils import logging as hf_logging
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def load_hf_model(path: str | os.PathLike, *, dtype: torch.dtype | None = None,
                   device: str | torch.device | None = None):
     """``(model, tokenizer)`` from a local Hugging Face model directory; nothing is fetched.
@@ -224,8 +240,9 @@ def load_hf_model(path: str | os.PathLike, *, dtype: torch.dtype | None = None,
                                 " (no config.json)")
     try:
         tok = transformers.AutoTokenizer.from_pretrained(p, local_files_only=True)
-        model = transformers.AutoModelForCausalLM.from_pretrained(
-            p, local_files_only=True, **({"dtype": dtype} if dtype is not None else {}))
+        with quiet_hf():
+            model = transformers.AutoModelForCausalLM.from_pretrained(
+                p, local_files_only=True, **({"dtype": dtype} if dtype is not None else {}))
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"cannot load the model in {str(p)!r}: {first}") from None

@@ -11,8 +11,6 @@ import contextlib
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -20,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ... import helpers, io
+from .data import quiet_hf
 from .metrics import answer_accuracy
 
 MADE = "made.json"
@@ -93,46 +92,29 @@ def _num_threads(n: int | None):
         torch.set_num_threads(old)
 
 
-@contextlib.contextmanager
-def _quiet_hf():
-    # (from|save)_pretrained show a bar ("Loading weights", "Writing model shards") even
-    # for one small file of a cached toy model
-    from transformers.utils import logging as hf_logging
-    was = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was:
-            hf_logging.enable_progress_bar()
+def write_lm(directory: Path, model, tokenizer, made: dict) -> None:
+    """Write ``model`` and ``tokenizer`` (``save_pretrained``) and ``made`` (JSON) into the
+    existing ``directory`` (a staging directory: see :func:`save_lm`)."""
+    with quiet_hf():
+        model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    (Path(directory) / MADE).write_text(json.dumps(made, indent=1, sort_keys=True) + "\n")
 
 
-def save_lm(directory: str | os.PathLike, model, tokenizer, made: dict) -> Path:
-    """Save ``model`` and ``tokenizer`` (``save_pretrained``) and ``made`` (JSON) into
-    ``directory``, all or nothing: everything is written into a temporary directory beside
-    it, which is then renamed into place (an old directory is replaced only once the new one
-    is complete)."""
+def save_lm(directory: str | os.PathLike, model, tokenizer, made: dict,
+            outputs: io.Outputs | None = None) -> Path:
+    """Save ``model``, ``tokenizer`` and ``made`` into ``directory``, all or nothing: written
+    into a temporary directory beside it, renamed into place (an old directory is replaced
+    only once the new one is complete). With ``outputs``, staged there, to appear with the
+    command's other outputs at its commit."""
     target = Path(directory)
+    if outputs is not None:
+        return outputs.stage_dir(target, lambda d: write_lm(d, model, tokenizer, made))
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{io.TEMP_PREFIX}{os.getpid()}-{target.name}.",
-                                suffix=".tmp", dir=target.parent))
-    try:
-        with _quiet_hf():
-            model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / MADE).write_text(json.dumps(made, indent=1, sort_keys=True) + "\n")
-        old = None
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f"{io.TEMP_PREFIX}{os.getpid()}-"
-                                              f"{target.name}.", suffix=".bak",
-                                        dir=target.parent))
-            os.replace(target, old / "old")
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with io.Outputs() as tx:
+        tx.plan(target, directory=True)
+        tx.stage_dir(target, lambda d: write_lm(d, model, tokenizer, made))
+        tx.commit()
     return target
 
 
@@ -144,7 +126,7 @@ def load_lm(directory: str | os.PathLike):
     if not (d / MADE).is_file():
         raise FileNotFoundError(f"{str(d)!r} holds no cached LM (no {MADE})")
     tok = transformers.AutoTokenizer.from_pretrained(d, local_files_only=True)
-    with _quiet_hf():
+    with quiet_hf():
         model = transformers.AutoModelForCausalLM.from_pretrained(d, local_files_only=True)
     return model.eval(), tok, json.loads((d / MADE).read_text())
 
