@@ -20,14 +20,18 @@ below its target, and the run stops once no sequence moved for a whole epoch.
 ``mode="token"`` is the paper's rule without the guard: every answer token towards its
 pseudo-label for every epoch.
 
-Which loss pushes a sequence in ``"sample"`` mode (``loss=``): ``"pseudo"`` (default)
-is the paper's calibration applied per token, cross-entropy towards the pseudo-label tokens
-(mean over the sequence's answer tokens), while the sequence is below target; ``"ascent"`` is
+Which loss pushes a sequence in ``"sample"`` mode (``loss=``): ``"ascent"`` (default) is
 the classifier sample mode's rule, ``log(target) - log(answer loss)``, which raises the true
-tokens' loss without choosing where the probability goes. ``"pseudo"`` is the default because
-it is the paper's calibration (the probability moves to the original's second choice, a
-plausible answer, not to noise) and the per-sequence stop bounds it; which of the two lands
-closer to retrain on the TOFU-style task is still to be measured (issue #14).
+tokens' loss without choosing where the probability goes; ``"pseudo"`` is the paper's
+calibration applied per token, cross-entropy towards the pseudo-label tokens (mean over the
+sequence's answer tokens, or over those kept by ``pseudo_min_prob``), while the sequence is
+below target. ``"ascent"`` is the default by measurement (issue #14, TOFU-style corpus, 200
+authors, forget 5 %, seed 0; grids in docs/reproduction.md, "Language models"): at model
+utility >= 0.95 x the original's, ascent reached forget quality 0.01-0.13, the pseudo-label
+loss never above 1e-6 (ε 0.99-0.9999, lr 0.3-3, with or without ``pseudo_min_prob``).
+An answer is mostly template tokens (the name, "was born in"), shared with the retained
+authors; sending each of them to the original's second choice costs the retain set more
+than it moves the one fact token the retrained model does not know.
 
 Batches follow the Hugging Face convention: dicts of ``input_ids`` [B, T],
 ``attention_mask`` [B, T] (1 = real token, right padding) and ``labels`` [B, T] equal to
@@ -73,7 +77,7 @@ class LMUnlearnReport(UnlearnReport):
     forget_tokens: int = 0        # answer tokens in the forget set
     steps: int = 0                # SGD steps taken
     mode: str = "sample"
-    loss: str = "pseudo"
+    loss: str = "ascent"
     pushed_tokens: int = 0        # answer tokens given a pseudo-label (``pseudo_min_prob``)
 
 
@@ -282,9 +286,9 @@ def _check_args(forget, retain, holdout, bases, layers_, rule, method, mode, los
     if mode == "sample" and holdout is None:
         raise ValueError("mode='sample' needs holdout data (QA of entities the model never"
                          " saw) for its targets; mode='token' is the paper's rule without them")
-    if mode == "token" and (holdout is not None or loss != "pseudo"):
-        raise ValueError("mode='token' takes neither holdout data nor loss='ascent' (both"
-                         " belong to mode='sample')")
+    if mode == "token" and holdout is not None:
+        raise ValueError("mode='token' takes no holdout data (the targets belong to"
+                         " mode='sample')")
     if method not in ("fast", "eigh"):
         raise ValueError(f"method must be 'fast' or 'eigh', got {method!r}")
     if bases is None and retain is None:
@@ -299,7 +303,7 @@ def _check_args(forget, retain, holdout, bases, layers_, rule, method, mode, los
 def unlearn_lm(model: nn.Module, forget: Iterable, retain: Iterable | None = None, *,
                bases: NullSpace | None = None, rule: Rule | str = "energy:0.99",
                method: str = "fast", layers: Iterable[str] | str | None = None,
-               holdout: Iterable | None = None, mode: str = "sample", loss: str = "pseudo",
+               holdout: Iterable | None = None, mode: str = "sample", loss: str = "ascent",
                lr: float = 0.05, epochs: int = 10, max_steps: int | None = None,
                pseudo_min_prob: float = 0.0, max_retain_tokens: int | None = None,
                stats_dtype: torch.dtype = torch.float32, seed: int = 0,
@@ -324,8 +328,9 @@ def unlearn_lm(model: nn.Module, forget: Iterable, retain: Iterable | None = Non
         mode: ``"sample"`` (default; per-sequence targets from ``holdout``, a sequence stops
             once its answer loss reaches its target, the run once none moved in an epoch)
             or ``"token"`` (the paper: all answer tokens to their pseudo-labels, all epochs).
-        loss: ``mode="sample"`` only: ``"pseudo"`` (default; CE towards the pseudo-labels)
-            or ``"ascent"`` (``log(target) - log(answer loss)``).
+        loss: ``mode="sample"`` only: ``"ascent"`` (default; ``log(target) - log(answer
+            loss)``) or ``"pseudo"`` (CE towards the pseudo-labels); see the module doc.
+            ``mode="token"`` ignores it (always the pseudo-labels).
         lr, epochs, max_steps: plain SGD's step size, passes over D_f, and an optional cap
             on steps (the budget when comparing methods).
         pseudo_min_prob: push only the answer tokens whose pseudo-label the original gives at
@@ -355,6 +360,8 @@ def unlearn_lm(model: nn.Module, forget: Iterable, retain: Iterable | None = Non
         select_layers(model, layers)   # bad names raise before any data is read
     device = helpers.model_device(model)
     vocab = _vocab_size(model)
+    if mode == "token":
+        loss = "pseudo"          # the paper's rule: every answer token to its pseudo-label
     report = LMUnlearnReport(mode=mode, loss=loss)
     was = model.training
     model.eval()
