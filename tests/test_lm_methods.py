@@ -125,4 +125,16 @@ def test_head_adds_the_output_head_to_the_bases(task):
         assert name in res.bases
         moved = res.model.get_output_embeddings().weight
         assert not torch.equal(moved, head.weight), f"{method} left the head frozen"
-    assert name not in M.run_method("unsc", task, max_steps=2).bases
+    assert name not in M.run_method("unsc", task, head=False, max_steps=2).bases
+    assert name in M.run_method("unsc", task, max_steps=2).bases          # the default
+
+
+def test_bases_given_by_the_caller_are_used_as_they_are(task):
+    import dataclasses
+    from unsc_fast.unlearn_lm import lm_bases
+    given = lm_bases(task.model, task.retain, "energy:0.9", progress=False)
+    mine = dataclasses.replace(task, bases=given)
+    res = M.run_method("unsc", mine, max_steps=2)                    # head=True by default
+    assert res.bases is given
+    assert torch.equal(res.model.get_output_embeddings().weight,
+                       task.model.get_output_embeddings().weight)

@@ -78,10 +78,11 @@ class LMTask:
     method: str = "fast"
     progress: bool = False
     bases: NullSpace | None = field(default=None, repr=False)   # cached by unsc / idk_proj
-    # set by _bases: task.bases was computed here (not given by the caller), and the bases
-    # with the output head, cached apart
-    _bases_computed: bool = field(default=False, repr=False)
-    _head_bases: NullSpace | None = field(default=None, repr=False)
+    # set by _bases (not copied by dataclasses.replace): the bases it computed and put in
+    # task.bases (any other task.bases was given by the caller), and those with the output
+    # head, cached apart
+    _auto_bases: NullSpace | None = field(default=None, init=False, repr=False)
+    _head_bases: NullSpace | None = field(default=None, init=False, repr=False)
 
 
 METHODS: dict[str, Callable[..., MethodResult]] = {}
@@ -235,7 +236,7 @@ def _bases(task: LMTask, head: bool = False) -> tuple[NullSpace, float]:
     and cached: the default layers (:func:`lm_layers`) in ``task.bases``, or with ``head``
     those layers plus the output head, cached apart."""
     t = time.perf_counter()
-    if task.bases is not None and not task._bases_computed:
+    if task.bases is not None and task.bases is not task._auto_bases:
         return task.bases, time.perf_counter() - t
     if head:
         if task._head_bases is None:
@@ -250,7 +251,7 @@ def _bases(task: LMTask, head: bool = False) -> tuple[NullSpace, float]:
     if task.bases is None:
         task.bases = lm_bases(task.model, task.retain, task.rule, method=task.method,
                               progress=task.progress)
-        task._bases_computed = True
+        task._auto_bases = task.bases
     return task.bases, time.perf_counter() - t
 
 
