@@ -138,3 +138,16 @@ def test_bases_given_by_the_caller_are_used_as_they_are(task):
     assert res.bases is given
     assert torch.equal(res.model.get_output_embeddings().weight,
                        task.model.get_output_embeddings().weight)
+
+
+def test_layers_choose_the_covered_modules(task):
+    head = next(n for n, m in task.model.named_modules()
+                if m is task.model.get_output_embeddings())
+    for method in ("unsc", "idk_proj"):
+        res = M.run_method(method, task, layers=["model.layers.1.*"], head=True, max_steps=2)
+        assert set(res.bases) == {n for n in res.bases if n.startswith("model.layers.1.")} | {head}
+        assert not any(n.startswith("model.layers.0.") for n in res.bases)
+        before = dict(task.model.named_parameters())
+        for n, p in res.model.named_parameters():
+            if n.startswith("model.layers.0."):
+                assert torch.equal(p, before[n]), f"{method} moved {n}"
