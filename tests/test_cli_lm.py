@@ -67,6 +67,7 @@ def test_compare_writes_both_files(models, tmp_path, capsys):
     rep = json.loads((out / "report.json").read_text())
     assert rep["methods"] == ["original", "retrain", "unsc", "grad_ascent"]
     assert rep["seeds"][0]["metrics"]["retrain"]["forget_quality"] == 1.0
+    assert str(tmp_path) not in (out / "report.json").read_text()   # no cache path recorded
     assert "| unsc |" in (out / "results.md").read_text()
 
 
@@ -132,3 +133,19 @@ def test_an_existing_output_survives_a_failed_unlearn(models, tmp_path, monkeypa
     monkeypatch.setitem(M.METHODS, "unsc", broken)
     assert run("lm", "unlearn", "--model", models / "orig", "--out", out, *TINY) == 1
     assert _files(tmp_path) == ["u/keep"]
+
+
+def test_every_method_sees_the_same_batch_order(monkeypatch, tmp_path):
+    """compare gives each method the forget batches in the same order (one shared seeded
+    loader would hand the second method the next epoch's order)."""
+    import unsc_fast.lab.lm.compare as C
+    seen = {}
+
+    def spy(name, task, **hp):
+        seen[name] = [b["input_ids"].tolist() for b in task.forget]
+        from unsc_fast.lab.baselines import MethodResult
+        return MethodResult(task.model)
+    monkeypatch.setattr(C, "run_method", spy)
+    setup = C.LMSetup(size="tiny", forget_fraction=0.2, batch_size=2, cache_dir=str(tmp_path))
+    C.run_seed(setup, 0, ["original", "grad_ascent", "npo"], progress=False)
+    assert seen["original"] == seen["grad_ascent"] == seen["npo"]

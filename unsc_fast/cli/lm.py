@@ -369,7 +369,8 @@ def _compare(args: argparse.Namespace) -> int:
             results.append(run_seed(setup, seed, methods, cfg.hyper(),
                                     progress=not cfg["quiet"], say=_say))
         text = markdown(results, methods, setup, cfg.text)
-        blob = to_json({**as_json(results, methods, setup), "config": jsonable(cfg.data)})
+        blob = to_json({**as_json(results, methods, setup),
+                        "config": jsonable({**cfg.data, "cache_dir": None})})
         tx.stage(out / "results.md", lambda f: f.write(text.encode()))
         tx.stage(out / "report.json", lambda f: f.write(blob))
         tx.commit()

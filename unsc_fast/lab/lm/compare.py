@@ -138,6 +138,10 @@ def run_seed(setup: LMSetup, seed: int, methods: Sequence[str] = ALL_METHODS,
                      progress=progress)
     out = SeedResult(seed)
     for name in methods:
+        # fresh loaders: every method sees the same batch order (a shared seeded loader
+        # would hand each method the next epochs' order); the bases stay cached in mt
+        fresh = method_task(task, calib, original, setup, seed)
+        mt.forget, mt.retain = fresh.forget, fresh.retain
         t = time.perf_counter()
         res = run_method(name, mt, **hyper.get(name, {}))
         wall = time.perf_counter() - t
@@ -276,7 +280,8 @@ def markdown(results: Sequence[SeedResult], methods: Sequence[str], setup: LMSet
 
 
 def as_json(results: Sequence[SeedResult], methods: Sequence[str], setup: LMSetup) -> dict:
-    """Everything of a comparison as strict JSON (NaN as null)."""
-    return jsonable({"setup": asdict(setup), "methods": list(methods),
+    """Everything of a comparison as strict JSON (NaN as null). The model cache's location
+    is left out: it says where the run happened, not what it did."""
+    return jsonable({"setup": {**asdict(setup), "cache_dir": None}, "methods": list(methods),
                      "seeds": [asdict(r) for r in results],
                      "summary": summary(results, methods)})
