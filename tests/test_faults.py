@@ -114,28 +114,33 @@ def test_a_fault_while_writing_leaves_no_output(original, tmp_path, capsys, monk
     assert _snapshot(tmp_path) == {"s.safetensors": b"old"}
 
 
+def _commit_with_a_failing_rename(tx, monkeypatch, fails) -> None:
+    """``tx.commit()`` while ``os.replace(src, dst)`` raises ENOSPC where ``fails(src, dst)``
+    (paths as strings); the commit must raise."""
+    real = os.replace
+
+    def flaky(src, dst):
+        if fails(str(src), str(dst)):
+            raise OSError(28, "No space left on device")
+        real(src, dst)
+    monkeypatch.setattr(os, "replace", flaky)
+    with pytest.raises(OSError):
+        tx.commit()
+    monkeypatch.setattr(os, "replace", real)
+
+
 def test_commit_is_all_or_nothing_when_a_rename_fails(tmp_path, monkeypatch):
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     a.write_bytes(b"old a")
     b.write_bytes(b"old b")
-    real = os.replace
     with Outputs() as tx:
         for p in (a, b, c):
             tx.plan(p)
         for p in (a, b, c):
             tx.stage(p, lambda f, p=p: f.write(b"new " + p.name.encode()))
         n = []
-
-        def flaky(src, dst):
-            if str(src).endswith(".tmp"):
-                n.append(dst)
-                if len(n) == 3:
-                    raise OSError(28, "No space left on device")
-            real(src, dst)
-        monkeypatch.setattr(os, "replace", flaky)
-        with pytest.raises(OSError):
-            tx.commit()
-    monkeypatch.setattr(os, "replace", real)
+        _commit_with_a_failing_rename(
+            tx, monkeypatch, lambda src, dst: src.endswith(".tmp") and len(n.append(dst) or n) == 3)
     assert _snapshot(tmp_path) == {"a": b"old a", "b": b"old b"}
     with Outputs() as tx:                                # and a good commit puts all in place
         for p in (a, c):
@@ -652,21 +657,13 @@ def test_directory_outputs_join_the_transaction(tmp_path, monkeypatch):
     def write(d):
         (d / "config.json").write_bytes(b"new config")
         (d / "weights").write_bytes(b"w")
-    real = os.replace
     with Outputs() as tx:
         tx.plan(model, directory=True)
         tx.plan(report)
         tx.stage_dir(model, write)
         tx.stage(report, lambda f: f.write(b"{}"))
-
-        def flaky(src, dst):
-            if str(dst).endswith("r.json") and str(src).endswith(".tmp"):
-                raise OSError(28, "No space left on device")
-            real(src, dst)
-        monkeypatch.setattr(os, "replace", flaky)
-        with pytest.raises(OSError):
-            tx.commit()
-    monkeypatch.setattr(os, "replace", real)
+        _commit_with_a_failing_rename(
+            tx, monkeypatch, lambda src, dst: dst.endswith("r.json") and src.endswith(".tmp"))
     assert _snapshot(tmp_path) == {"model/config.json": b"old config"}
     with Outputs() as tx:
         tx.plan(model, directory=True)
