@@ -29,7 +29,6 @@ from torch import Tensor, nn
 from . import helpers, layers, ops
 from .geometry import ConvGeometry
 from .layer_moments import LayerMoments
-from .reference import symmetric
 
 
 #: Inputs no larger than this (but not all zero) are refused for statistics of that dtype:
@@ -163,7 +162,8 @@ class SecondMoments:
             ids = ids[mask.to(ids.device)]
         ids = ids.reshape(-1).long()
         vocab = lm.dim
-        if ids.numel() and (bool(ids.min() < 0) or bool(ids.max() >= vocab)):
+        lo, hi = torch.stack(torch.aminmax(ids)).tolist() if ids.numel() else (0, 0)  # 1 sync
+        if lo < 0 or hi >= vocab:
             raise IndexError(f"embedding {name!r}: token ids outside [0, {vocab})")
         lm.S[0] += torch.bincount(ids, minlength=vocab)
         lm.n += ids.numel()

@@ -22,7 +22,7 @@ from ..lab.data import DataSplit, class_split, load_dataset, loader
 from ..io import Outputs
 from ..lab.metrics import evaluate
 from ..lab.models import build_model
-from ..lab.report import build_report, markdown, render
+from ..lab.report import build_report, json_safe, markdown, render
 from ..lab.scenarios import Scenario, ScenarioSplit
 from ..lab.train import train
 
@@ -194,20 +194,9 @@ def cfg_input_shape(split: ScenarioSplit) -> tuple[int, ...]:
     return tuple(x.shape)
 
 
-def _json_safe(v):
-    """NaN/Inf (a diverged loss, say) as None: the report stays valid JSON."""
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {k: _json_safe(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_json_safe(x) for x in v]
-    return v
-
-
 def _run_record(method: str, seed: int, metrics: dict, times: dict, info: dict) -> dict:
-    return {"method": method, "seed": seed, "metrics": _json_safe(metrics),
-            "times": {k: float(v) for k, v in times.items()}, "info": _json_safe(info)}
+    return {"method": method, "seed": seed, "metrics": json_safe(metrics),
+            "times": {k: float(v) for k, v in times.items()}, "info": json_safe(info)}
 
 
 def check_finite_model(model, what: str, hint: str, probe: torch.Tensor | None = None,

@@ -138,9 +138,7 @@ def _task(cfg, args, tokenizer=None):
     from ..lab.lm.compare import build_task, split_holdout
     from ..lab.lm.data import QATask, load_qa_jsonl
     files = [getattr(args, k, None) for k in ("forget_file", "retain_file", "holdout_file")]
-    if any(files):
-        if not (files[0] and files[1]):
-            raise ValueError("your own data needs both --forget-file and --retain-file")
+    if any(files):                    # paths and pairing checked by _check_files first
         if tokenizer is None:
             raise ValueError("your own data needs --model (its tokenizer encodes the text)")
         forget, retain = load_qa_jsonl(files[0]), load_qa_jsonl(files[1])
@@ -170,29 +168,8 @@ def _check_files(args: argparse.Namespace) -> None:
 
 def _load(path, cfg):
     from ..lab.lm.data import load_hf_model
-    if not Path(path).is_dir():
-        raise FileNotFoundError(f"model directory {str(path)!r} does not exist")
     model, tok = load_hf_model(path, device=cfg["device"])
     return model.eval(), tok
-
-
-def _planned_file(outputs, path, suffix: str | None = None) -> Path:
-    p = Path(path)
-    if suffix is not None and p.suffix != suffix:
-        raise ValueError(f"output {str(p)!r} must end in {suffix}")
-    return outputs.plan(p)
-
-
-def _planned_dir(outputs, path) -> Path:
-    p = Path(path)
-    if not p.parent.is_dir():
-        raise FileNotFoundError(f"output directory {str(p.parent)!r} does not exist")
-    return outputs.plan(p, directory=True)
-
-
-def _distinct(inputs: dict, outputs: dict) -> None:
-    from .jobs import check_distinct
-    check_distinct(inputs, outputs)
 
 
 def _made(cfg, what: str, **extra) -> dict:
@@ -221,9 +198,8 @@ def _demo(args: argparse.Namespace) -> int:
     for m in methods:
         cells = [f"{100 * s[m][k][0]:.2f}" if k.endswith("_acc") else f"{s[m][k][0]:.3g}"
                  for k in keys]
-        secs = sum(v[0] for v in s[m]["times"].values() if v[0] == v[0])
-        if "total" in s[m]["times"]:
-            secs = s[m]["times"]["total"][0]
+        t_m = s[m]["times"]                  # a method's whole run, or a model's training
+        secs = (t_m.get("total") or t_m["train"])[0]
         print(f"| {m} | " + " | ".join(cells) + f" | {secs:.1f} |")
     for line in goal_check([res]):
         print(f"\n{line}")
@@ -242,7 +218,7 @@ def _train(args: argparse.Namespace) -> int:
     cfg = _config(args)
     _setup_torch(cfg)
     with Outputs() as tx:
-        out = _planned_dir(tx, args.out)
+        out = tx.plan(args.out, directory=True)
         task, _ = _task(cfg, args)
         model, info = trained_lm(task, cfg["size"], retain_only=args.retain_only,
                                  seed=cfg["seed"], progress=not cfg["quiet"],
@@ -261,12 +237,12 @@ def _stats(args: argparse.Namespace) -> int:
     from ..io import Outputs
     from ..unlearn_lm import lm_bases
     from . import checkpoint as ck
+    from .jobs import check_distinct, check_output_file
     cfg = _config(args)
     _setup_torch(cfg)
     with Outputs() as tx:
-        _distinct({"--model": args.model}, {"--out": args.out})
-        out = _planned_file(tx, args.out)
-        ck.file_format(out)
+        check_distinct({"--model": args.model}, {"--out": args.out})
+        out = check_output_file(args.out, "bases", tx)
         _check_files(args)
         model, tok = _load(args.model, cfg)
         task, _ = _task(cfg, args, tok)
@@ -284,11 +260,13 @@ def _stats(args: argparse.Namespace) -> int:
 
 def _unlearn(args: argparse.Namespace) -> int:
     from ..io import Outputs
-    from ..lab.lm.compare import jsonable, method_task
+    from ..lab.lm.compare import method_task
+    from ..lab.report import json_safe
     from ..lab.lm.methods import METHODS, run_method
     from ..lab.lm.metrics import evaluate_lm, forget_truth_ratios
     from ..lab.lm.train import save_lm
     from . import checkpoint as ck
+    from .jobs import check_distinct, check_output_file
     from ..lab.report import to_json
     cfg = _config(args)
     if args.method not in METHODS or args.method in ("original", "retrain"):
@@ -299,10 +277,10 @@ def _unlearn(args: argparse.Namespace) -> int:
         hp["lr"] = args.lr
     _setup_torch(cfg)
     with Outputs() as tx:
-        _distinct({"--model": args.model, "--bases": args.bases, "--retrain": args.retrain},
+        check_distinct({"--model": args.model, "--bases": args.bases, "--retrain": args.retrain},
                   {"--out": args.out, "--report": args.report})
-        out = _planned_dir(tx, args.out)
-        report = _planned_file(tx, args.report, ".json") if args.report else None
+        out = tx.plan(args.out, directory=True)
+        report = check_output_file(args.report, "json", tx) if args.report else None
         if args.bases:
             if args.method not in ("unsc", "idk_proj"):
                 raise ValueError(f"--bases is for unsc and idk_proj, not {args.method}")
@@ -321,7 +299,7 @@ def _unlearn(args: argparse.Namespace) -> int:
         save_lm(out, res.model, tok, made, tx)
         if report is not None:
             trr = forget_truth_ratios(retrained, task) if retrained is not None else None
-            rep = jsonable({"job": made, "info": res.info,
+            rep = json_safe({"job": made, "info": res.info,
                    "before": evaluate_lm(model, task, retrain_truth_ratios=trr),
                    "after": evaluate_lm(res.model, task, retrain_truth_ratios=trr)})
             tx.stage(report, lambda f: f.write(to_json(rep)))
@@ -333,21 +311,22 @@ def _unlearn(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from ..io import Outputs
-    from ..lab.lm.compare import jsonable
+    from ..lab.report import json_safe
     from ..lab.lm.metrics import evaluate_lm, forget_truth_ratios
+    from .jobs import check_distinct, check_output_file
     from ..lab.report import to_json
     cfg = _config(args)
     _setup_torch(cfg)
     with Outputs() as tx:
-        _distinct({"--model": args.model, "--retrain": args.retrain}, {"--out": args.out})
-        out = _planned_file(tx, args.out, ".json") if args.out else None
+        check_distinct({"--model": args.model, "--retrain": args.retrain}, {"--out": args.out})
+        out = check_output_file(args.out, "json", tx) if args.out else None
         _check_files(args)
         model, tok = _load(args.model, cfg)
         task, _ = _task(cfg, args, tok)
         trr = forget_truth_ratios(_load(args.retrain, cfg)[0], task) if args.retrain else None
         metrics = evaluate_lm(model, task, retrain_truth_ratios=trr)
         if out is not None:
-            blob = to_json(jsonable({"model": str(args.model), "metrics": metrics}))
+            blob = to_json(json_safe({"model": str(args.model), "metrics": metrics}))
             tx.stage(out, lambda f: f.write(blob))
         tx.commit()
     for k, v in metrics.items():
@@ -357,7 +336,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     from ..io import Outputs
-    from ..lab.lm.compare import as_json, jsonable, markdown, run_seed
+    from ..lab.lm.compare import as_json, markdown, run_seed
+    from ..lab.report import json_safe
     from ..lab.report import to_json
     cfg = _config(args)
     _setup_torch(cfg)
@@ -370,7 +350,7 @@ def _compare(args: argparse.Namespace) -> int:
                                     progress=not cfg["quiet"], say=_say))
         text = markdown(results, methods, setup, cfg.text)
         blob = to_json({**as_json(results, methods, setup),
-                        "config": jsonable({**cfg.data, "cache_dir": None})})
+                        "config": json_safe({**cfg.data, "cache_dir": None})})
         tx.stage(out / "results.md", lambda f: f.write(text.encode()))
         tx.stage(out / "report.json", lambda f: f.write(blob))
         tx.commit()

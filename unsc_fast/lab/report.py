@@ -153,6 +153,20 @@ def validate_report(r: dict) -> None:
     json.dumps(r, allow_nan=False)          # serialisable, no NaN/Inf
 
 
+def json_safe(x):
+    """A strict-JSON copy: NaN and ±inf (a diverged loss, say) as None; tensors and numpy
+    values through their ``tolist()``; tuples as lists."""
+    if isinstance(x, dict):
+        return {str(k): json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    if hasattr(x, "tolist"):                 # torch.Tensor, numpy array or scalar
+        return json_safe(x.tolist())
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
 def to_json(report: dict) -> bytes:
     return (json.dumps(report, indent=1, allow_nan=False) + "\n").encode()
 

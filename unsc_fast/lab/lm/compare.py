@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from ..report import json_safe
 from .corpus import CORPUS_SIZES, QAPair
 from .data import QATask, make_loader, make_task, pad_id_of
 from .methods import METHODS, LMTask, run_method
@@ -138,10 +139,10 @@ def run_seed(setup: LMSetup, seed: int, methods: Sequence[str] = ALL_METHODS,
                      progress=progress)
     out = SeedResult(seed)
     for name in methods:
-        # fresh loaders: every method sees the same batch order (a shared seeded loader
-        # would hand each method the next epochs' order); the bases stay cached in mt
-        fresh = method_task(task, calib, original, setup, seed)
-        mt.forget, mt.retain = fresh.forget, fresh.retain
+        # every method sees the same batch order: a shared seeded loader would hand each
+        # method the next epochs' order, so its generator is rewound (bases stay cached)
+        for loader in (mt.forget, mt.retain):
+            loader.generator.manual_seed(seed)
         t = time.perf_counter()
         res = run_method(name, mt, **hyper.get(name, {}))
         wall = time.perf_counter() - t
@@ -155,26 +156,10 @@ def run_seed(setup: LMSetup, seed: int, methods: Sequence[str] = ALL_METHODS,
         out.metrics[name] = evaluate_lm(res.model, task, retrain_truth_ratios=tr_retrain,
                                         batch_size=setup.eval_batch_size)
         out.times[name] = times
-        out.info[name] = jsonable(res.info)
+        out.info[name] = json_safe(res.info)
         say(f"seed {seed}: {name}: forget quality {out.metrics[name]['forget_quality']:.3g},"
             f" model utility {out.metrics[name]['model_utility']:.4f}")
     return out
-
-
-def jsonable(x):
-    """A strict-JSON copy: tensors and numpy scalars to lists / numbers, NaN and ±inf to
-    None."""
-    if isinstance(x, dict):
-        return {str(k): jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [jsonable(v) for v in x]
-    if isinstance(x, torch.Tensor):
-        return jsonable(x.tolist())
-    if isinstance(x, np.generic):
-        return jsonable(x.item())
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
 
 
 # -- tables ---------------------------------------------------------------------------------
@@ -282,6 +267,6 @@ def markdown(results: Sequence[SeedResult], methods: Sequence[str], setup: LMSet
 def as_json(results: Sequence[SeedResult], methods: Sequence[str], setup: LMSetup) -> dict:
     """Everything of a comparison as strict JSON (NaN as null). The model cache's location
     is left out: it says where the run happened, not what it did."""
-    return jsonable({"setup": {**asdict(setup), "cache_dir": None}, "methods": list(methods),
+    return json_safe({"setup": {**asdict(setup), "cache_dir": None}, "methods": list(methods),
                      "seeds": [asdict(r) for r in results],
                      "summary": summary(results, methods)})

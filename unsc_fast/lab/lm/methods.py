@@ -259,8 +259,12 @@ def _bases(task: LMTask, head: bool = False, layers: Iterable[str] | None = None
                                               progress=task.progress)
         return task._other_bases[key], time.perf_counter() - t
     if task.bases is None:
-        task.bases = lm_bases(task.model, task.retain, task.rule, method=task.method,
-                              progress=task.progress)
+        with_head = task._other_bases.get((None, True))
+        if with_head is not None:     # the default layers' bases are part of those (per layer)
+            task.bases = NullSpace({n: with_head[n] for n in lm_layers(task.model)})
+        else:
+            task.bases = lm_bases(task.model, task.retain, task.rule, method=task.method,
+                                  progress=task.progress)
         task._auto_bases = task.bases
     return task.bases, time.perf_counter() - t
 

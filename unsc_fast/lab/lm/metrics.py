@@ -169,16 +169,8 @@ def auc(members: Sequence[float], nonmembers: Sequence[float]) -> float:
     n = np.asarray(nonmembers, dtype=float)
     if not m.size or not n.size:
         return float("nan")
-    both = np.concatenate([m, n])
-    order = both.argsort(kind="mergesort")
-    ranks = np.empty(both.size)
-    ranks[order] = np.arange(1, both.size + 1)
-    # ties share their mean rank
-    _, inv, counts = np.unique(both, return_inverse=True, return_counts=True)
-    sums = np.bincount(inv, weights=ranks)
-    ranks = (sums / counts)[inv]
-    u = ranks[:m.size].sum() - m.size * (m.size + 1) / 2
-    return float(u / (m.size * n.size))
+    from sklearn.metrics import roc_auc_score   # ties count half, as above
+    return float(roc_auc_score(np.r_[np.ones(m.size), np.zeros(n.size)], np.r_[m, n]))
 
 
 def perplexity(scores: dict[str, np.ndarray]) -> float:
