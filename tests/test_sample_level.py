@@ -12,7 +12,8 @@ from unsc_fast.lab import data as D
 from unsc_fast.lab.models import build_model
 from unsc_fast.lab.scenarios import Scenario
 from unsc_fast.lab.train import train
-from unsc_fast.unlearn import LossCalibration, _sample_mode_loss
+from unsc_fast.calibration import LossCalibration
+from unsc_fast.unlearn import _sample_mode_loss
 
 
 def test_calibration_maps_forget_losses_onto_held_out_quantiles():
@@ -68,7 +69,7 @@ def test_held_out_data_like_the_forget_set_leaves_the_model_unchanged_and_stops(
     _, model, forget, retain = _toy()
     dl = D.loader(forget, 12)
     res = uf.unlearn(model, dl, D.loader(retain, 64), mode="sample", holdout=D.loader(forget, 12),
-                     lr=0.5, epochs=10, progress=False)
+                     calibration="class", lr=0.5, epochs=10, progress=False)
     assert res.report.active == [0.0] and len(res.report.epoch_loss) == 1   # stopped at once
     for a, b in zip(model.state_dict().values(), res.model.state_dict().values()):
         assert torch.equal(a, b)

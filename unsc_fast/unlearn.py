@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .bases import NullSpace, Rule, parse_rule
+from .calibration import (LossCalibration, Proximity, ProximityCalibration, head_layer,
+                          losses_and_distances)
 from .project import project_, projected_backward
 from .reference import pseudo_labels
 from . import helpers, layers
@@ -104,65 +106,8 @@ def freeze_for_unlearning(model: nn.Module, bases: NullSpace | None, dropout: bo
     return trainable
 
 
-class LossCalibration:
-    """Sample-level targets from held-out data: the loss an unseen sample would have.
-
-    A forget sample of class c whose original loss has (mid)rank u ∈ [0, 1] among D_f's
-    class-c losses gets as target the u-quantile of the original model's losses on held-out samples
-    of class c (pooled over every class when the held-out data has fewer than
-    ``min_per_class`` samples of c). The map is monotone, so D_f's loss distribution is
-    moved onto the held-out one without reordering samples. Built only from the original
-    model, D_f and the held-out data: never from a retrained model.
-    """
-
-    def __init__(self, forget_losses: torch.Tensor, forget_labels: torch.Tensor,
-                 holdout_losses: torch.Tensor, holdout_labels: torch.Tensor,
-                 min_per_class: int = 10):
-        if len(holdout_losses) < 2:
-            raise ValueError("the held-out data needs at least 2 samples")
-        fl, fy = forget_losses.double().cpu(), forget_labels.long().cpu()
-        hl, hy = holdout_losses.double().cpu(), holdout_labels.long().cpu()
-        self.pooled = (fl.sort().values, hl.sort().values)
-        self.per_class = {}
-        for c in fy.unique().tolist():
-            h = hl[hy == c]
-            if len(h) >= max(2, min_per_class):
-                self.per_class[c] = (fl[fy == c].sort().values, h.sort().values)
-
-    @staticmethod
-    def _map(f: torch.Tensor, h: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        lo = torch.searchsorted(f, v, right=False)
-        hi = torch.searchsorted(f, v, right=True)
-        u = ((lo + hi - 1).double() / (2 * (len(f) - 1))).clamp(0, 1) if len(f) > 1 \
-            else torch.full_like(v, 0.5)
-        pos = u * (len(h) - 1)                    # D_f == held-out data: the identity
-        i0 = pos.floor().long().clamp(0, len(h) - 1)
-        i1 = (i0 + 1).clamp(max=len(h) - 1)
-        w = pos - i0
-        return h[i0] * (1 - w) + h[i1] * w
-
-    def __call__(self, losses: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Target loss of each sample, from its original loss and label."""
-        v, y = losses.detach().double().cpu(), labels.long().cpu()
-        out = self._map(*self.pooled, v)
-        for c, (f, h) in self.per_class.items():
-            m = y == c
-            if m.any():
-                out[m] = self._map(f, h, v[m])
-        return out.to(device=losses.device, dtype=losses.dtype)
-
-
-@torch.no_grad()
-def _losses(model: nn.Module, data: Iterable, device) -> tuple[torch.Tensor, torch.Tensor]:
-    ls, ys = [], []
-    for x, y in _batches(data):
-        y = y.to(device)
-        ls.append(F.cross_entropy(model(x.to(device)).double(), y, reduction="none"))
-        ys.append(y)
-    return torch.cat(ls), torch.cat(ys)
-
-
-def _sample_mode_loss(original: nn.Module, unlearned: nn.Module, calib: LossCalibration,
+def _sample_mode_loss(original: nn.Module, unlearned: nn.Module,
+                      calib: LossCalibration | ProximityCalibration,
                       x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Raise each sample's true-label loss towards its held-out target, in log space.
 
@@ -171,8 +116,7 @@ def _sample_mode_loss(original: nn.Module, unlearned: nn.Module, calib: LossCali
     the direction of a soft target that keeps the other classes' proportions, at a scale
     that does not vanish when the loss is tiny (float64: a confident sample's loss does not
     round to 0)."""
-    with torch.no_grad():
-        target = calib(F.cross_entropy(original(x).double(), y, reduction="none"), y)
+    target = calib.targets(original, x, y)
     logits = unlearned(x)
     loss = F.cross_entropy(logits.double(), y, reduction="none")
     active = loss.detach() < target
@@ -284,7 +228,7 @@ def unlearn(model: nn.Module, forget: Iterable, retain: Iterable | None = None, 
             max_retain_samples: int | None = None, include_bias: bool = False,
             relabel: str = "pseudo", seed: int = 0, dropout: bool = False,
             backend: str | None = None, progress: bool = True, mode: str = "paper",
-            holdout: Iterable | None = None,
+            holdout: Iterable | None = None, calibration: str = "proximity",
             stats_dtype: torch.dtype = torch.float32) -> UnlearnResult:
     """Make ``model`` forget ``forget`` (D_f) while keeping what it knows of ``retain`` (D_r).
 
@@ -308,12 +252,16 @@ def unlearn(model: nn.Module, forget: Iterable, retain: Iterable | None = None, 
         mode: ``"paper"`` (the paper's loop, class- or sample-level) or ``"sample"``
             (sample-level forgetting whose target is retrain's behaviour, not Acc_f = 0:
             forgotten samples should look like unseen samples of their classes). In
-            ``"sample"`` mode each D_f sample gets a loss target from ``holdout``
-            (:class:`LossCalibration`) and its true-label loss is raised towards it (ascent
-            on the log of the loss) only while it is below the target: a sample stops
-            moving once it looks unseen,
-            and the loop stops when no sample moves in a whole epoch. Gradients are still
-            projected onto D_r's null space.
+            ``"sample"`` mode each D_f sample gets a loss target from ``holdout`` (see
+            ``calibration``) and its true-label loss is raised towards it (ascent on the
+            log of the loss) only while it is below the target: a sample stops moving once
+            it looks unseen, and the loop stops when no sample moves in a whole epoch.
+            Gradients are still projected onto D_r's null space.
+        calibration: ``mode="sample"`` only: which held-out samples a forget sample is
+            matched with (:mod:`unsc_fast.calibration`). ``"proximity"`` (default): those
+            as far from D_r as it is, in the features of the model's last layer (needs
+            ``retain``; a forgotten sub-population lies far from D_r, and a retrained model
+            finds it unfamiliar). ``"class"``: those of its class.
         stats_dtype: accumulation dtype of the D_r statistics when they are collected here
             (``torch.float64`` keeps layers whose inputs are tiny).
         holdout: ``mode="sample"`` only: (inputs, labels) batches of held-out data the
@@ -334,6 +282,11 @@ def unlearn(model: nn.Module, forget: Iterable, retain: Iterable | None = None, 
                              or relabel != "pseudo"):
         raise ValueError("mode='sample' needs holdout data, sample-level forgetting"
                          " (forget_classes=None) and relabel='pseudo'")
+    if calibration not in ("proximity", "class"):
+        raise ValueError(f"calibration must be 'proximity' or 'class', got {calibration!r}")
+    if mode == "sample" and calibration == "proximity" and retain is None:
+        raise ValueError("mode='sample' with calibration='proximity' needs the retain data"
+                         " (distances to D_r); pass retain, or calibration='class'")
     if iter(forget) is forget:
         raise TypeError("forget data must be re-iterable (a DataLoader, a list of batches), not"
                         f" a one-shot {type(forget).__name__}: it is read once per epoch")
@@ -369,9 +322,10 @@ def unlearn(model: nn.Module, forget: Iterable, retain: Iterable | None = None, 
     original_mode = original.training
     original.eval()
     try:
-        unlearned, probe, bases = _run(original, forget, bases, project, lr, epochs, relabel,
-                                       seed, dropout, backend, progress, forget_classes, device,
-                                       report, mode, holdout)
+        unlearned, probe, bases = _run(original, forget, retain, bases, project, lr, epochs,
+                                       relabel, seed, dropout, backend, progress,
+                                       forget_classes, device, report, mode, holdout,
+                                       calibration, max_retain_samples)
     finally:
         original.train(original_mode)
     if probe is not None:
@@ -396,8 +350,25 @@ def _class_ids(classes) -> list[int]:
     return sorted(set(out))
 
 
-def _run(original, forget, bases, project, lr, epochs, relabel, seed, dropout, backend,
-         progress, forget_classes, device, report, mode, holdout):
+def _calibrate(original: nn.Module, forget: Iterable, holdout: Iterable,
+               retain: Iterable | None, calibration: str, device,
+               max_retain_samples: int | None) -> LossCalibration | ProximityCalibration:
+    """The sample mode's targets (:mod:`unsc_fast.calibration`)."""
+    if calibration == "class":
+        f_loss, f_y, _ = losses_and_distances(original, forget, device)
+        h_loss, h_y, _ = losses_and_distances(original, holdout, device)
+        return LossCalibration(f_loss, f_y, h_loss, h_y)
+    x, _ = next(_batches(forget))
+    head = head_layer(original, x.to(device))
+    prox = Proximity.from_data(original, head, retain, device, max_retain_samples)
+    f_loss, _, f_dist = losses_and_distances(original, forget, device, head, prox)
+    h_loss, _, h_dist = losses_and_distances(original, holdout, device, head, prox)
+    return ProximityCalibration(f_loss, f_dist, h_loss, h_dist, proximity=prox, head=head)
+
+
+def _run(original, forget, retain, bases, project, lr, epochs, relabel, seed, dropout,
+         backend, progress, forget_classes, device, report, mode, holdout, calibration,
+         max_retain_samples):
     """The training loop of :func:`unlearn`: (unlearned copy, a probe batch or None, the
     bases moved to the model)."""
     probe = None
@@ -408,8 +379,8 @@ def _run(original, forget, bases, project, lr, epochs, relabel, seed, dropout, b
     gen = torch.Generator().manual_seed(seed)
     calib = None
     if mode == "sample":
-        calib = LossCalibration(*_losses(original, forget, device),
-                                *_losses(original, holdout, device))
+        calib = _calibrate(original, forget, holdout, retain, calibration, device,
+                           max_retain_samples)
 
     t = time.perf_counter()
     epochs_iter = range(epochs)

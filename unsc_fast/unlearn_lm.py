@@ -54,9 +54,10 @@ from torch import nn
 
 from . import helpers
 from .bases import NullSpace, Rule, parse_rule
+from .calibration import LossCalibration
 from .layers import select_layers
 from .reference import pseudo_labels
-from .unlearn import (LossCalibration, ProjectedSGD, UnlearnReport, build_bases,
+from .unlearn import (ProjectedSGD, UnlearnReport, build_bases,
                       check_finite_outputs, finish_unlearning, freeze_for_unlearning)
 
 __all__ = ["unlearn_lm", "lm_bases", "LMUnlearnResult", "LMUnlearnReport", "lm_pseudo_labels",

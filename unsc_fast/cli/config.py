@@ -41,8 +41,9 @@ DEFAULTS: dict[str, Any] = {
         "max_retain_samples": None, "include_bias": False,
         "stats_dtype": "float32",  # float64 keeps layers whose inputs are tiny (< 2^-60)
         # "paper", or "sample": sample-level forgetting calibrated to held-out data (the
-        # `holdout_share` of the test split outside its forget part); subclass/random only
-        "mode": "paper", "holdout_share": 0.5,
+        # `holdout_share` of the test split outside its forget part); subclass/random only.
+        # calibration (sample mode): match held-out samples by "proximity" to D_r or "class"
+        "mode": "paper", "holdout_share": 0.5, "calibration": "proximity",
     },
     "evaluate": {"batch_size": 512, "mia": True, "mia_feature": "confidence"},
     "compare": {
@@ -257,6 +258,7 @@ def validate(cfg: Config) -> None:
     string("train.optimizer", choices=("adam", "sgd"))
     string("evaluate.mia_feature", choices=("confidence", "entropy", "both"))
     string("unlearn.mode", choices=("paper", "sample"))
+    string("unlearn.calibration", choices=("proximity", "class"))
     string("unlearn.stats_dtype", choices=("float32", "float64"))
     share = cfg["unlearn.holdout_share"]
     if not (_is_number(share) and 0 < share <= 1):

@@ -158,14 +158,16 @@ def retrain(task: Task, epochs: int | None = None, lr: float | None = None) -> M
 def unsc(task: Task, lr: float | None = None, epochs: int | None = None,
          rule: str | None = None, max_retain_samples: int | None = None,
          include_bias: bool | None = None, batch_size: int | None = None,
-         dropout: bool = False, mode: str | None = None) -> MethodResult:
+         dropout: bool = False, mode: str | None = None,
+         calibration: str | None = None) -> MethodResult:
     """UNSC: pseudo-labels from θ_o, every weight gradient projected onto D_r's null space.
 
     ``dropout=True`` leaves dropout active while unlearning (plain ``model.train()``
     behaviour); the default switches it off (see the module docstring). ``mode``:
     ``"paper"`` or ``"sample"`` (held-out-calibrated sample-level forgetting, see
     :func:`unsc_fast.unlearn`; needs ``task.holdout`` and a sample-level scenario); default
-    the ``[unlearn] mode`` setting, else ``"paper"``.
+    the ``[unlearn] mode`` setting, else ``"paper"``. ``calibration`` (sample mode):
+    ``"proximity"`` or ``"class"``, default the ``[unlearn] calibration`` setting.
     """
     u = task.unlearn
     mode = mode or u.get("mode") or "paper"
@@ -181,6 +183,7 @@ def unsc(task: Task, lr: float | None = None, epochs: int | None = None,
                   include_bias=u.get("include_bias", False) if include_bias is None
                   else include_bias, seed=task.seed, dropout=dropout, backend=task.backend,
                   progress=task.progress, mode=mode, holdout=holdout,
+                  calibration=calibration or u.get("calibration", "proximity"),
                   stats_dtype=getattr(torch, u.get("stats_dtype", "float32")))
     r = res.report
     info = {"ranks": r.ranks, "dims": r.dims, "epoch_loss": r.epoch_loss,
