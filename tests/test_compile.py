@@ -136,3 +136,41 @@ def test_project_fullgraph_on_llama():
     assert got.keys() == eager.keys() and len(got) == len(bases)
     for n in eager:
         torch.testing.assert_close(got[n], eager[n], rtol=1e-5, atol=1e-6)
+
+
+class _Tokens(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(12, 6)
+        self.head = nn.Linear(6, 12)
+
+    def forward(self, ids):
+        return self.head(self.embed(ids))
+
+
+def test_project_fullgraph_with_an_embedding_row_mask():
+    """The embedding's basis is a row mask of core token ids: it traces too, and a compiled
+    projection leaves the core rows' gradients zero as eager does."""
+    torch.manual_seed(0)
+    model = _Tokens().double()
+    retain = torch.tensor([[1, 2, 3, 3], [2, 5, 1, 1]])
+    moments = unsc_fast.SecondMoments(model, dtype=torch.float64, embeddings=True)
+    bases = unsc_fast.NullSpace.from_moments(moments.collect([retain], progress=False),
+                                             "energy:1", dtype=torch.float64)
+    assert "embed" in bases
+    forget = torch.tensor([[1, 7, 9, 2]])
+
+    def grads():
+        model.zero_grad(set_to_none=True)
+        model(forget).square().sum().backward()
+
+    grads()
+    unsc_fast.project_(model, bases)
+    eager = [p.grad.clone() for p in model.parameters()]
+    grads()
+    torch.compile(lambda: unsc_fast.project_(model, bases), fullgraph=True)()
+    for p, e in zip(model.parameters(), eager):
+        torch.testing.assert_close(p.grad, e, rtol=1e-12, atol=1e-12)
+    core = [1, 2, 3, 5]
+    assert model.embed.weight.grad[core].abs().max() == 0
+    assert model.embed.weight.grad[[7, 9]].abs().max() > 0
