@@ -228,3 +228,21 @@ def test_dropout_is_off_during_the_run_and_restored(tmp_path, setup, keep):
     assert all((p > 0) if keep else (p == 0) for p in seen) and seen
     assert all(m.p == cfg.resid_pdrop or m.p == cfg.attn_pdrop or m.p == cfg.embd_pdrop
                for m in drops) and all(m.p > 0 for m in drops)
+
+
+def test_trainer_with_embedding_bases(tmp_path, setup):
+    """Embeddings opted in: the token-count basis is a row mask; through the Trainer the
+    rows of retained tokens stay, the rows of forget-only tokens move, retained logits stay."""
+    retain, forget, _ = setup
+    model = _model()
+    moments = unsc_fast.SecondMoments(model, dtype=torch.float64, embeddings=True).collect(
+        [{"input_ids": retain, "attention_mask": torch.ones_like(retain)}], progress=False)
+    bases = unsc_fast.NullSpace.from_moments(moments, "energy:1", dtype=torch.float64)
+    assert "model.embed_tokens" in bases
+    trained, _ = _train(tmp_path, bases, forget)
+    assert _rel_change(trained, retain) < 1e-5
+    seen = retain.unique()
+    only_forget = torch.tensor(sorted(set(forget.flatten().tolist()) - set(seen.tolist())))
+    before, after = _model().model.embed_tokens.weight, trained.model.embed_tokens.weight
+    assert torch.equal(after[seen], before[seen])
+    assert len(only_forget) and not torch.equal(after[only_forget], before[only_forget])
