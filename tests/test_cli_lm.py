@@ -113,12 +113,42 @@ def test_bad_requests_fail_before_any_output(models, tmp_path, capsys, bad, matc
 def test_bad_config_keys_are_refused(tmp_path, capsys):
     cfg = tmp_path / "c.toml"
     for text, match in (("sise = 'tiny'\n", "unknown config key 'sise'"),
-                        ("[methods.unsc]\nlearning_rate = 1\n", "no hyperparameter"),
+                        ("[methods.unsc]\nlearning_rate = 1\n", "unknown hyperparameter"),
                         ("[methods.salun]\n", "unknown LM method"),
                         ("[compare]\nseeds = [0, 0]\n", "twice")):
         cfg.write_text(text)
         assert run("lm", "compare", "--config", cfg, "--out", tmp_path / "o") == 1
         assert match in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("text, match", [
+    ("[methods.unsc]\nlr = 'fast'\n", "[methods.unsc] lr must be a finite number"),
+    ("[methods.grad_ascent]\nlr = -0.1\n", "[methods.grad_ascent] lr must be a positive"),
+    ("[methods.npo]\nbeta = 0\n", "[methods.npo] beta must be a positive number"),
+    ("[methods.unsc]\nepochs = 2.5\n", "[methods.unsc] epochs must be an integer"),
+    ("[methods.unsc]\nmax_steps = 0\n", "[methods.unsc] max_steps must be a positive"),
+    ("[methods.unsc]\nhead = 1\n", "[methods.unsc] head must be true or false"),
+    ("[methods.unsc]\nlayers = 'model.*'\n", "layers must be a list of strings"),
+    ("[methods.unsc]\nmode = 'fast'\n", "mode must be 'sample' or 'token'"),
+    ("[methods.unsc]\npseudo_min_prob = 2\n", "pseudo_min_prob must be a number in [0, 1]"),
+    ("[methods.idk]\nretain_weight = -1\n", "retain_weight must be a number >= 0"),
+    ("quiet = 'yes'\n", "quiet must be true or false"),
+    ("cache_dir = 3\n", "cache_dir must be a directory path"),
+    ("device = 0\n", "device must be cpu, cuda or cuda:N"),
+    ("size = ['tiny']\n", "size must be one of"),
+    ("forget_fraction = nan\n", "forget_fraction must be a number in (0, 1)"),
+    ("epochs = '2'\n", "epochs must be an integer >= 1"),
+    ("[compare]\nmethods = [['unsc']]\n", "compare.methods must be a non-empty list"),
+])
+def test_bad_config_values_are_one_line_errors_before_any_work(tmp_path, capsys, text, match):
+    """Wrong types and out-of-range values in an LM TOML, hyperparameters included, are
+    refused by the config check (one line, nothing written, no model trained)."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(text)
+    assert run("lm", "compare", "--config", cfg, "--out", tmp_path / "o") == 1
+    err = capsys.readouterr().err
+    assert match in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
 
 

@@ -1,13 +1,16 @@
-"""Small helpers every floor of the package shares: a model's device and progress bars."""
+"""Small helpers every floor of the package shares: a model's device, progress bars, the
+argument checks the unlearning entry points have in common and the versions a job records."""
 from __future__ import annotations
 
 import contextlib
+import importlib
+import math
 from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
 
-__all__ = ["model_device", "progress", "nonfinite_outputs"]
+__all__ = ["model_device", "progress", "nonfinite_outputs", "check_sgd_args", "versions"]
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -46,3 +49,27 @@ def nonfinite_outputs(model: nn.Module, x: torch.Tensor) -> int:
         x = next(v for v in x.values() if isinstance(v, torch.Tensor))
     out = out.reshape(len(x), -1) if out.dim() else out.reshape(1, 1)
     return int((~torch.isfinite(out)).any(-1).sum())
+
+
+def check_sgd_args(lr, epochs, **data) -> None:
+    """The checks every unlearning loop shares: ``epochs`` an integer >= 0, ``lr`` a finite
+    number > 0 (booleans are neither), and each of ``data`` (name -> batches, None skipped)
+    re-iterable, since it is read once per epoch. One-line ``ValueError``/``TypeError``."""
+    for name, d in data.items():
+        if d is not None and iter(d) is d:
+            raise TypeError(f"{name} data must be re-iterable (a DataLoader, a list of"
+                            f" batches), not a one-shot {type(d).__name__}")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
+    if isinstance(lr, bool) or not (isinstance(lr, (int, float)) and math.isfinite(lr)
+                                    and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+
+
+def versions(*packages: str) -> dict[str, str]:
+    """The versions a job records: unsc_fast's, torch's and those of ``packages`` (module
+    names, imported here)."""
+    from . import __version__
+    out = {"unsc_fast": str(__version__), "torch": str(torch.__version__)}
+    out.update({name: str(importlib.import_module(name).__version__) for name in packages})
+    return out

@@ -129,10 +129,10 @@ def _mask_rows_(grad: Tensor, row0: int, lb: LayerBasis) -> None:
         ids = ids[(ids >= row0) & (ids < row0 + len(grad))] - row0
     if lb.subtract[0]:
         grad.index_fill_(0, ids, 0)
-    else:
-        keep = torch.zeros(len(grad), 1, dtype=torch.bool, device=grad.device)
-        keep[ids] = True
-        grad.masked_fill_(~keep, 0)
+    else:   # keep the null tokens' rows, zero the rest: no vocabulary-sized mask per step
+        kept = grad.index_select(0, ids)
+        grad.zero_()
+        grad.index_copy_(0, ids, kept)
 
 
 def _conv1d_rows(name: str, full: Tensor, local: Tensor) -> Tensor:

@@ -108,13 +108,11 @@ def lm_pseudo_labels(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     return out
 
 
-def _token_losses(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None = None
+def _token_losses(logits: torch.Tensor, labels: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(per answer token NLL of ``targets`` (default the true tokens) in float64, row of each
-    token, answer tokens per row)."""
+    """(per answer token NLL in float64, row of each token, answer tokens per row)."""
     pos = answer_mask(labels)
-    tgt = (labels if targets is None else targets)[:, 1:][pos]
-    nll = F.cross_entropy(logits[:, :-1][pos].double(), tgt, reduction="none")
+    nll = F.cross_entropy(logits[:, :-1][pos].double(), labels[:, 1:][pos], reduction="none")
     rows = pos.nonzero()[:, 0]
     return nll, rows, pos.sum(1)
 
@@ -182,6 +180,11 @@ def check_lm_batch(batch, i: int, what: str, vocab: int | None = None,
     return out
 
 
+def _layer_names(model: nn.Module, layers: Iterable[str] | str | None) -> list[str]:
+    """The module names ``layers`` (names or patterns; default :func:`lm_layers`) selects."""
+    return lm_layers(model) if layers is None else list(select_layers(model, layers))
+
+
 def lm_layers(model: nn.Module) -> list[str]:
     """The default layers of :func:`unlearn_lm`: every covered projection (``nn.Linear``,
     ``Conv1D``) except the output head (``model.get_output_embeddings()``, tied or not) and
@@ -190,9 +193,14 @@ def lm_layers(model: nn.Module) -> list[str]:
     return [n for n, m in select_layers(model).items() if m is not head]
 
 
-def _key(ids: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> tuple:
-    keep = mask.bool()
-    return tuple(ids[keep].tolist()) + (-1,) + tuple(labels[keep].tolist())
+def _keys(b: Mapping[str, torch.Tensor]) -> list[tuple]:
+    """Each sequence's key: its real tokens, -1, their labels (one ``tolist`` per batch)."""
+    out = []
+    for ids, lab, mask in zip(b["input_ids"].tolist(), b["labels"].tolist(),
+                              b["attention_mask"].tolist()):
+        keep = [i for i, m in enumerate(mask) if m]
+        out.append(tuple(ids[i] for i in keep) + (-1,) + tuple(lab[i] for i in keep))
+    return out
 
 
 def _logits(model: nn.Module, b: dict, device) -> torch.Tensor:
@@ -238,15 +246,16 @@ def _label_pass(original: nn.Module, forget: Iterable, vocab: int | None, device
         pseudo = lm_pseudo_labels(logits, lab)
         losses = answer_nll(logits, lab).tolist()
         pos = answer_mask(lab)
-        # the original's probability of each pseudo-label (0 off the answer tokens)
-        plaus = logits[:, :-1].float().softmax(-1).gather(
-            -1, pseudo[:, 1:].clamp_min(0).unsqueeze(-1)).squeeze(-1)
-        for r in range(len(lab)):
-            key = _key(b["input_ids"][r], b["labels"][r], b["attention_mask"][r])
-            p_r = plaus[r][pos[r]]
+        counts = pos.sum(1).tolist()
+        # the original's probability of each pseudo-label, at the answer tokens only
+        ps_all = pseudo[:, 1:][pos]
+        plaus = logits[:, :-1][pos].float().softmax(-1).gather(
+            -1, ps_all.unsqueeze(-1)).squeeze(-1)
+        for r, (key, p_r, ps) in enumerate(zip(_keys(b), plaus.split(counts),
+                                               ps_all.split(counts))):
             keep = p_r >= min_prob
             keep[int(p_r.argmax())] = True      # every sequence keeps its most plausible one
-            ps = pseudo[r, 1:][pos[r]].clone()
+            ps = ps.clone()
             ps[~keep] = IGNORE
             out.seqs[key] = _Seq(ps.cpu(), losses[r])
             out.pushed += int(keep.sum())
@@ -268,18 +277,10 @@ def _answer_losses(model: nn.Module, data: Iterable, what: str, vocab, device) -
 
 def _check_args(forget, retain, holdout, bases, layers_, rule, method, mode, loss, lr, epochs,
                 max_steps, max_retain_tokens):
-    for name, data in (("forget", forget), ("retain", retain), ("holdout", holdout)):
-        if data is not None and iter(data) is data:
-            raise TypeError(f"{name} data must be re-iterable (a DataLoader, a list of"
-                            f" batches), not a one-shot {type(data).__name__}")
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
+    helpers.check_sgd_args(lr, epochs, forget=forget, retain=retain, holdout=holdout)
     for name, v in (("max_steps", max_steps), ("max_retain_tokens", max_retain_tokens)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise ValueError(f"{name} must be a positive integer or None, got {v!r}")
-    if isinstance(lr, bool) or not (isinstance(lr, (int, float)) and math.isfinite(lr)
-                                    and lr > 0):
-        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
     if loss not in _LOSSES:
@@ -357,8 +358,8 @@ def unlearn_lm(model: nn.Module, forget: Iterable, retain: Iterable | None = Non
         raise ValueError(f"pseudo_min_prob must be a number in [0, 1], got {pseudo_min_prob!r}")
     if bases is not None:
         bases.check(model)
-    else:
-        select_layers(model, layers)   # bad names raise before any data is read
+    else:   # chosen once, here: bad names raise before any data is read
+        layers = _layer_names(model, layers)
     device = helpers.model_device(model)
     vocab = _vocab_size(model)
     if mode == "token":
@@ -405,9 +406,11 @@ def lm_bases(model: nn.Module, retain: Iterable, rule: Rule | str = "energy:0.99
     :func:`lm_layers`) over the real tokens of ``retain`` (checked against the data
     contract; ``labels`` optional and unused), then the bases under ``rule`` by ``method``.
     Phase times go into ``report`` when given. Reuse them with ``unlearn_lm(bases=...)``."""
-    layers = lm_layers(model) if layers is None else list(select_layers(model, layers))
+    # names or patterns go to the statistics as they are: SecondMoments selects them (the
+    # same selection, done once)
     return build_bases(model, _RetainInputs(retain, _vocab_size(model)), parse_rule(rule),
-                       report if report is not None else UnlearnReport(), layers=layers,
+                       report if report is not None else UnlearnReport(),
+                       layers=lm_layers(model) if layers is None else layers,
                        method=method, backend=backend, dtype=stats_dtype,
                        max_tokens=max_retain_tokens, progress=progress)
 
@@ -430,14 +433,23 @@ def _sequence_loss(logits: torch.Tensor, lab: torch.Tensor, pseudo: torch.Tensor
     if mode == "token":
         pos = answer_mask(lab)
         return F.cross_entropy(logits[:, :-1][pos], pseudo[:, 1:][pos]), len(lab)
-    true = answer_nll(logits, lab)
-    active = true.detach() < target
     if loss == "pseudo":
-        # mean CE over each sequence's pushed tokens (CE is 0 where pseudo is -100)
-        nll, rows, counts = _token_losses(logits, lab, pseudo)
-        pushed = (pseudo[:, 1:][answer_mask(lab)] != IGNORE).long()
+        # one float64 log-softmax for both: the true tokens' loss (only compared with the
+        # target, no gradient) and the mean CE over each sequence's pushed tokens (0 where
+        # pseudo is -100)
+        pos = answer_mask(lab)
+        logp = logits[:, :-1][pos].double().log_softmax(-1)
+        rows, counts = pos.nonzero()[:, 0], pos.sum(1)
+        true = _per_row_mean(F.nll_loss(logp.detach(), lab[:, 1:][pos], reduction="none"),
+                             rows, counts)
+        ps = pseudo[:, 1:][pos]
+        nll = F.nll_loss(logp, ps, reduction="none")
+        pushed = (ps != IGNORE).long()
         push = _per_row_mean(nll, rows, torch.zeros_like(counts).index_add(0, rows, pushed))
+        active = true < target
     else:
+        true = answer_nll(logits, lab)
+        active = true.detach() < target
         tiny = torch.finfo(torch.float64).tiny
         push = torch.log(target.clamp_min(tiny)) - torch.log(true.clamp_min(tiny))
     value = torch.where(active, push, torch.zeros_like(push)).sum() / len(lab)
@@ -457,12 +469,11 @@ def _train(original, forget, bases, labels, report, lr, epochs, max_steps, mode,
             ProjectedSGD(unlearned, params, bases, lr, backend=backend) as opt:
         for epoch in bar:
             total, count, moving = 0.0, 0, 0
-            for b in _batches(forget, "forget", None):
+            for b in forget:          # checked by the labelling pass
                 if max_steps is not None and report.steps >= max_steps:
                     break
                 lab = b["labels"].to(device)
-                seqs = [labels.seqs.get(_key(b["input_ids"][r], b["labels"][r],
-                                             b["attention_mask"][r])) for r in range(len(lab))]
+                seqs = [labels.seqs.get(k) for k in _keys(b)]
                 if any(s is None for s in seqs):
                     raise ValueError("the forget data changed between passes: a sequence"
                                      " was not seen by the labelling pass")

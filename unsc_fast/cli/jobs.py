@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .. import helpers
 from . import checkpoint as ck
 from ..lab.baselines import METHODS, Task, run_method
 from .config import Config, ConfigError
@@ -209,8 +210,7 @@ def check_finite_model(model, what: str, hint: str, probe: torch.Tensor | None =
         raise JobError(f"{what} diverged: {len(bad)} tensor(s) of the model hold NaN or Inf"
                        f" (first: {bad[0]}); {done}; {hint}")
     if probe is not None:
-        from ..helpers import nonfinite_outputs
-        n = nonfinite_outputs(model, probe)
+        n = helpers.nonfinite_outputs(model, probe)
         if n:
             raise JobError(f"{what} diverged: its weights are finite but {n} of"
                            f" {len(probe)} probe inputs give NaN/Inf outputs; {done}; {hint}")
@@ -219,11 +219,6 @@ def check_finite_model(model, what: str, hint: str, probe: torch.Tensor | None =
 def _probe(data: DataSplit, device) -> torch.Tensor:
     """A batch of test inputs for the finite-output check."""
     return next(iter(loader(data.test, 256)))[0].to(device)
-
-
-def _versions() -> dict:
-    from .. import __version__
-    return {"unsc_fast": str(__version__), "torch": str(torch.__version__)}
 
 
 def _eval(cfg: Config, model, split: ScenarioSplit, data: DataSplit, seed: int) -> dict:
@@ -271,7 +266,8 @@ def train_job(cfg: Config, out, exclude_classes: list[int] | None = None) -> dic
     meta = ck.model_meta(cfg["model"], cfg["width"], data.input_shape, data.num_classes,
                          data.name, seed=cfg["seed"], data_seed=cfg["data_seed"],
                          exclude_classes=exclude, method="retrain" if exclude else "original",
-                         train=dict(cfg["train"]), train_seconds=secs, versions=_versions())
+                         train=dict(cfg["train"]), train_seconds=secs,
+                         versions=helpers.versions())
     if exclude:
         meta["scenario"] = {"kind": "class" if len(exclude) == 1 else "classes",
                             "classes": exclude}
@@ -415,7 +411,7 @@ def unlearn_job(cfg: Config, checkpoint, out, *, stats=None, bases=None, method:
     new_meta.update(method=method, source=meta.get("fingerprint"),
                     scenario=Scenario.from_dict(cfg["scenario"]).as_dict(),
                     unlearn_seconds=res.times["total"], seed=seed, unlearn=made,
-                    versions=_versions())
+                    versions=helpers.versions())
     results = {}
     if report is not None:
         runs = [_run_record("original", seed, _eval(cfg, model, split, data, seed),

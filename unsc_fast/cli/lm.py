@@ -136,15 +136,14 @@ def _setup_torch(cfg) -> None:
 def _task(cfg, args, tokenizer=None):
     """(task, calibration pairs): the built-in corpus, or the user's files."""
     from ..lab.lm.compare import build_task, split_holdout
-    from ..lab.lm.data import QATask, load_qa_jsonl
+    from ..lab.lm.data import task_from_jsonl
     files = [getattr(args, k, None) for k in ("forget_file", "retain_file", "holdout_file")]
     if any(files):                    # paths and pairing checked by _check_files first
         if tokenizer is None:
             raise ValueError("your own data needs --model (its tokenizer encodes the text)")
-        forget, retain = load_qa_jsonl(files[0]), load_qa_jsonl(files[1])
-        holdout = load_qa_jsonl(files[2]) if files[2] else []
-        calib, held = split_holdout(holdout) if holdout else ([], [])
-        return QATask(tokenizer, forget, retain, held), calib
+        task = task_from_jsonl(tokenizer, *files)
+        calib, task.holdout = split_holdout(task.holdout) if task.holdout else ([], [])
+        return task, calib
     task, calib = build_task(cfg.setup())
     if tokenizer is not None:
         task.tokenizer = tokenizer
@@ -263,7 +262,7 @@ def _unlearn(args: argparse.Namespace) -> int:
     from ..lab.lm.compare import method_task
     from ..lab.report import json_safe
     from ..lab.lm.methods import METHODS, run_method
-    from ..lab.lm.metrics import evaluate_lm, forget_truth_ratios
+    from ..lab.lm.metrics import LMEvaluator
     from ..lab.lm.train import save_lm
     from . import checkpoint as ck
     from .jobs import check_distinct, check_output_file
@@ -298,10 +297,11 @@ def _unlearn(args: argparse.Namespace) -> int:
                      model=str(args.model), times=res.times)
         save_lm(out, res.model, tok, made, tx)
         if report is not None:
-            trr = forget_truth_ratios(retrained, task) if retrained is not None else None
+            evaluate = LMEvaluator(task)
+            trr = evaluate.forget_truth_ratios(retrained) if retrained is not None else None
             rep = json_safe({"job": made, "info": res.info,
-                   "before": evaluate_lm(model, task, retrain_truth_ratios=trr),
-                   "after": evaluate_lm(res.model, task, retrain_truth_ratios=trr)})
+                             "before": evaluate(model, retrain_truth_ratios=trr),
+                             "after": evaluate(res.model, retrain_truth_ratios=trr)})
             tx.stage(report, lambda f: f.write(to_json(rep)))
         tx.commit()
     print(f"{args.method}: {res.times.get('total', float('nan')):.1f} s; saved {out}"
@@ -312,7 +312,7 @@ def _unlearn(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from ..io import Outputs
     from ..lab.report import json_safe
-    from ..lab.lm.metrics import evaluate_lm, forget_truth_ratios
+    from ..lab.lm.metrics import LMEvaluator
     from .jobs import check_distinct, check_output_file
     from ..lab.report import to_json
     cfg = _config(args)
@@ -323,8 +323,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         _check_files(args)
         model, tok = _load(args.model, cfg)
         task, _ = _task(cfg, args, tok)
-        trr = forget_truth_ratios(_load(args.retrain, cfg)[0], task) if args.retrain else None
-        metrics = evaluate_lm(model, task, retrain_truth_ratios=trr)
+        evaluate = LMEvaluator(task)
+        trr = evaluate.forget_truth_ratios(_load(args.retrain, cfg)[0]) if args.retrain else None
+        metrics = evaluate(model, retrain_truth_ratios=trr)
         if out is not None:
             blob = to_json(json_safe({"model": str(args.model), "metrics": metrics}))
             tx.stage(out, lambda f: f.write(blob))
@@ -337,7 +338,6 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from ..io import Outputs
     from ..lab.lm.compare import as_json, markdown, run_seed
-    from ..lab.report import json_safe
     from ..lab.report import to_json
     cfg = _config(args)
     _setup_torch(cfg)
@@ -349,8 +349,7 @@ def _compare(args: argparse.Namespace) -> int:
             results.append(run_seed(setup, seed, methods, cfg.hyper(),
                                     progress=not cfg["quiet"], say=_say))
         text = markdown(results, methods, setup, cfg.text)
-        blob = to_json({**as_json(results, methods, setup),
-                        "config": json_safe({**cfg.data, "cache_dir": None})})
+        blob = to_json(as_json(results, methods, setup, config=cfg.data))
         tx.stage(out / "results.md", lambda f: f.write(text.encode()))
         tx.stage(out / "report.json", lambda f: f.write(blob))
         tx.commit()

@@ -4,13 +4,13 @@ then flags.
 The file's top-level keys are the fields of :class:`~unsc_fast.lab.lm.compare.LMSetup` plus
 ``seed`` and ``quiet``; ``[compare]`` holds ``seeds`` and ``methods``; ``[methods.<name>]``
 holds a method's hyperparameters (keyword arguments of ``unsc_fast.lab.lm.methods.<name>``).
-Unknown keys, methods and hyperparameters are errors, raised before any work.
+Unknown keys, methods and hyperparameters, and values of the wrong type or out of range, are
+one-line errors raised before any work.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
-import inspect
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,8 +20,22 @@ from ..lab.lm.corpus import CORPUS_SIZES
 from ..lab.lm.methods import METHODS
 from ..rules import parse_rule
 from .config import ConfigError, load_toml
+from .hyper import check_hyperparameters, is_int, is_number
 
 SETUP_KEYS = tuple(f.name for f in dataclasses.fields(LMSetup))
+
+#: Ranges of the LM methods' hyperparameters (types come from their annotations).
+HP_RANGES = {
+    "lr": (lambda v: v > 0, "a positive number"),
+    "epochs": (lambda v: v >= 1, "a positive integer"),
+    "max_steps": (lambda v: v >= 1, "a positive integer"),
+    "weight_decay": (lambda v: v >= 0, "a number >= 0"),
+    "retain_weight": (lambda v: v >= 0, "a number >= 0"),
+    "beta": (lambda v: v > 0, "a positive number"),
+    "pseudo_min_prob": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "mode": (lambda v: v in ("sample", "token"), "'sample' or 'token'"),
+    "loss": (lambda v: v in ("ascent", "pseudo"), "'ascent' or 'pseudo'"),
+}
 
 
 def defaults() -> dict[str, Any]:
@@ -96,17 +110,17 @@ def _int(cfg: dict, key: str, lo: int, allow_none: bool = False) -> None:
     v = cfg[key]
     if v is None and allow_none:
         return
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+    if not is_int(v) or v < lo:
         raise ConfigError(f"{key} must be an integer >= {lo}, got {v!r}")
 
 
 def validate(cfg: LMConfig) -> None:
     """Every value's type and range, the methods and their hyperparameters."""
     d = cfg.data
-    if d["size"] not in CORPUS_SIZES:
+    if not isinstance(d["size"], str) or d["size"] not in CORPUS_SIZES:
         raise ConfigError(f"size must be one of {sorted(CORPUS_SIZES)}, got {d['size']!r}")
     ff = d["forget_fraction"]
-    if isinstance(ff, bool) or not isinstance(ff, (int, float)) or not 0 < ff < 1:
+    if not is_number(ff) or not 0 < ff < 1:
         raise ConfigError(f"forget_fraction must be a number in (0, 1), got {ff!r}")
     for key, lo in (("epochs", 1), ("batch_size", 1), ("retain_batch_size", 1),
                     ("eval_batch_size", 1), ("data_seed", 0), ("seed", 0)):
@@ -117,25 +131,30 @@ def validate(cfg: LMConfig) -> None:
         parse_rule(d["rule"])
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"rule: {exc}") from None
-    if d["basis_method"] not in ("fast", "eigh"):
+    if not isinstance(d["basis_method"], str) or d["basis_method"] not in ("fast", "eigh"):
         raise ConfigError(f"basis_method must be 'fast' or 'eigh', got {d['basis_method']!r}")
-    if d["device"] not in ("cpu", "cuda") and not str(d["device"]).startswith("cuda:"):
+    if not isinstance(d["device"], str) or (d["device"] not in ("cpu", "cuda")
+                                            and not d["device"].startswith("cuda:")):
         raise ConfigError(f"device must be cpu, cuda or cuda:N, got {d['device']!r}")
+    if not isinstance(d["quiet"], bool):
+        raise ConfigError(f"quiet must be true or false, got {d['quiet']!r}")
+    if d["cache_dir"] is not None and (not isinstance(d["cache_dir"], str)
+                                       or not d["cache_dir"]):
+        raise ConfigError(f"cache_dir must be a directory path (a string), got"
+                          f" {d['cache_dir']!r}")
     seeds, methods = d["compare"]["seeds"], d["compare"]["methods"]
     if not isinstance(seeds, list) or not seeds or any(
-            isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+            not is_int(s) or s < 0 for s in seeds):
         raise ConfigError(f"compare.seeds must be a non-empty list of integers >= 0, got"
                           f" {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"compare.seeds lists a seed twice: {seeds}")
-    if not isinstance(methods, list) or not methods:
-        raise ConfigError("compare.methods must be a non-empty list")
+    if not isinstance(methods, list) or not methods or \
+            not all(isinstance(m, str) for m in methods):
+        raise ConfigError(f"compare.methods must be a non-empty list of method names, got"
+                          f" {methods!r}")
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise ConfigError(f"unknown LM method(s) {bad}; choose from {sorted(METHODS)}")
     for name, hp in d["methods"].items():
-        allowed = [p for p in inspect.signature(METHODS[name]).parameters if p != "task"]
-        unknown = sorted(set(hp) - set(allowed))
-        if unknown:
-            raise ConfigError(f"[methods.{name}] has no hyperparameter {unknown}; it takes"
-                              f" {allowed}")
+        check_hyperparameters(METHODS, name, hp, HP_RANGES)

@@ -21,7 +21,7 @@ from ..report import json_safe
 from .corpus import CORPUS_SIZES, QAPair
 from .data import QATask, make_loader, make_task, pad_id_of
 from .methods import METHODS, LMTask, run_method
-from .metrics import METRIC_KEYS, evaluate_lm, forget_truth_ratios
+from .metrics import METRIC_KEYS, LMEvaluator
 from .train import trained_lm
 
 #: The methods of a full comparison, in table order.
@@ -134,7 +134,8 @@ def run_seed(setup: LMSetup, seed: int, methods: Sequence[str] = ALL_METHODS,
     say(f"seed {seed}: original answer accuracy {100 * info_o['train_accuracy']:.2f} %"
         f" ({info_o['train_seconds']:.0f} s), retrain {100 * info_r['train_accuracy']:.2f} %"
         f" ({info_r['train_seconds']:.0f} s)")
-    tr_retrain = forget_truth_ratios(retrained, task, batch_size=setup.eval_batch_size)
+    evaluate = LMEvaluator(task, batch_size=setup.eval_batch_size)   # tokenises the task once
+    tr_retrain = evaluate.forget_truth_ratios(retrained)
     mt = method_task(task, calib, original, setup, seed, retrain=lambda: retrained,
                      progress=progress)
     out = SeedResult(seed)
@@ -153,8 +154,8 @@ def run_seed(setup: LMSetup, seed: int, methods: Sequence[str] = ALL_METHODS,
             times = {"train": float(info_r["train_seconds"])}
         else:
             times["total"] = wall
-        out.metrics[name] = evaluate_lm(res.model, task, retrain_truth_ratios=tr_retrain,
-                                        batch_size=setup.eval_batch_size)
+        out.metrics[name] = evaluate(res.model, retrain_truth_ratios=tr_retrain,
+                                     forget_tr=tr_retrain if res.model is retrained else None)
         out.times[name] = times
         out.info[name] = json_safe(res.info)
         say(f"seed {seed}: {name}: forget quality {out.metrics[name]['forget_quality']:.3g},"
@@ -264,9 +265,17 @@ def markdown(results: Sequence[SeedResult], methods: Sequence[str], setup: LMSet
     return "\n".join(lines) + "\n"
 
 
-def as_json(results: Sequence[SeedResult], methods: Sequence[str], setup: LMSetup) -> dict:
-    """Everything of a comparison as strict JSON (NaN as null). The model cache's location
-    is left out: it says where the run happened, not what it did."""
-    return json_safe({"setup": {**asdict(setup), "cache_dir": None}, "methods": list(methods),
-                     "seeds": [asdict(r) for r in results],
-                     "summary": summary(results, methods)})
+def as_json(results: Sequence[SeedResult], methods: Sequence[str], setup: LMSetup,
+            config: dict | None = None) -> dict:
+    """Everything of a comparison as strict JSON (NaN as null), with the job's ``config``
+    when given. The model cache's location is left out of both: it says where the run
+    happened, not what it did."""
+    out = {"setup": _without_cache(asdict(setup)), "methods": list(methods),
+           "seeds": [asdict(r) for r in results], "summary": summary(results, methods)}
+    if config is not None:
+        out["config"] = _without_cache(config)
+    return json_safe(out)
+
+
+def _without_cache(d: dict) -> dict:
+    return {**d, "cache_dir": None}

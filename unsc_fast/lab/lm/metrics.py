@@ -113,22 +113,36 @@ def truth_ratios(model: torch.nn.Module, tokenizer, pairs: Sequence[QAPair], *,
                  batch_size: int = 64) -> np.ndarray:
     """TR per pair: geometric-mean length-normalised probability of the perturbed answers
     over that of the paraphrased answer (NaN for a pair without both)."""
-    ok = [i for i, p in enumerate(pairs) if p.paraphrased_answer and p.perturbed_answers]
-    out = np.full(len(pairs), np.nan)
-    if not ok:
+    return _TruthRatioInputs(tokenizer, pairs, batch_size)(model)
+
+
+class _TruthRatioInputs:
+    """The encoded paraphrased and perturbed answers of ``pairs``: :func:`truth_ratios` of
+    any model, tokenised once."""
+
+    def __init__(self, tokenizer, pairs: Sequence[QAPair], batch_size: int):
+        self.n = len(pairs)
+        self.ok = [i for i, p in enumerate(pairs) if p.paraphrased_answer and p.perturbed_answers]
+        if not self.ok:
+            return
+        sel = [pairs[i] for i in self.ok]
+        self.para = make_loader(tokenizer, sel, batch_size=batch_size,
+                                answers=[p.paraphrased_answer for p in sel])
+        self.owner = [j for j, p in enumerate(sel) for _ in p.perturbed_answers]
+        self.pert = make_loader(tokenizer, [sel[j] for j in self.owner], batch_size=batch_size,
+                                answers=[a for p in sel for a in p.perturbed_answers])
+
+    def __call__(self, model: torch.nn.Module) -> np.ndarray:
+        out = np.full(self.n, np.nan)
+        if not self.ok:
+            return out
+        para = answer_scores(model, self.para)["nll"]
+        pert = answer_scores(model, self.pert)["nll"]
+        n = len(self.ok)
+        mean_pert = np.bincount(self.owner, weights=pert, minlength=n) / \
+            np.bincount(self.owner, minlength=n)
+        out[self.ok] = np.exp(para - mean_pert)
         return out
-    sel = [pairs[i] for i in ok]
-    para = answer_scores(model, make_loader(tokenizer, sel, batch_size=batch_size,
-                                            answers=[p.paraphrased_answer for p in sel]))["nll"]
-    owner = [j for j, p in enumerate(sel) for _ in p.perturbed_answers]
-    flat = [sel[j] for j in owner]
-    pert = answer_scores(model, make_loader(
-        tokenizer, flat, batch_size=batch_size,
-        answers=[a for p in sel for a in p.perturbed_answers]))["nll"]
-    mean_pert = np.bincount(owner, weights=pert, minlength=len(sel)) / \
-        np.bincount(owner, minlength=len(sel))
-    out[ok] = np.exp(para - mean_pert)
-    return out
 
 
 def forget_tr_score(tr: np.ndarray) -> float:
@@ -179,23 +193,30 @@ def perplexity(scores: dict[str, np.ndarray]) -> float:
     return float(np.exp((scores["nll"] * tokens).sum() / max(1.0, tokens.sum())))
 
 
-@torch.no_grad()
 def generate_answers(model: torch.nn.Module, tokenizer, questions: Sequence[str], *,
                      max_new_tokens: int = 16, batch_size: int = 64) -> list[list[int]]:
     """Greedy answers (token ids, up to EOS, EOS excluded) to ``questions`` in the prompt
     format, left-padded in batches."""
+    return _generate(model, tokenizer, [encode_prompt(tokenizer, q) for q in questions],
+                     max_new_tokens, batch_size)
+
+
+@torch.no_grad()
+def _generate(model: torch.nn.Module, tokenizer, prompts: Sequence[list[int]],
+              max_new_tokens: int, batch_size: int) -> list[list[int]]:
+    """:func:`generate_answers` from encoded prompts (:func:`~.data.encode_prompt`)."""
     device = helpers.model_device(model)
     eos, pad = tokenizer.eos_token_id, pad_id_of(tokenizer)
     was = model.training
     model.eval()
     out: list[list[int]] = []
     try:
-        for s in range(0, len(questions), batch_size):
-            prompts = [encode_prompt(tokenizer, q) for q in questions[s:s + batch_size]]
-            n = max(len(p) for p in prompts)
-            ids = torch.full((len(prompts), n), pad, dtype=torch.long)
+        for s in range(0, len(prompts), batch_size):
+            chunk = prompts[s:s + batch_size]
+            n = max(len(p) for p in chunk)
+            ids = torch.full((len(chunk), n), pad, dtype=torch.long)
             mask = torch.zeros_like(ids)
-            for i, p in enumerate(prompts):
+            for i, p in enumerate(chunk):
                 ids[i, n - len(p):] = torch.tensor(p)
                 mask[i, n - len(p):] = 1
             gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
@@ -251,10 +272,9 @@ def _hmean(values: Sequence[float]) -> float:
     return len(values) / sum(1.0 / v for v in values)
 
 
-def _rouge(model, tokenizer, pairs: Sequence[QAPair], max_new_tokens: int, batch_size: int
-           ) -> tuple[float, list[list[int]]]:
-    gen = generate_answers(model, tokenizer, [p.question for p in pairs],
-                           max_new_tokens=max_new_tokens, batch_size=batch_size)
+def _rouge(model, tokenizer, pairs: Sequence[QAPair], prompts: Sequence[list[int]],
+           max_new_tokens: int, batch_size: int) -> tuple[float, list[list[int]]]:
+    gen = _generate(model, tokenizer, prompts, max_new_tokens, batch_size)
     texts = tokenizer.batch_decode(gen, skip_special_tokens=True)
     return float(np.nanmean([rouge_l_recall(t, p.answer) for t, p in zip(texts, pairs)])), gen
 
@@ -274,38 +294,72 @@ def evaluate_lm(model: torch.nn.Module, task, *, retrain_truth_ratios: Sequence[
     read. ``forget_quality`` is NaN unless ``retrain_truth_ratios`` (from
     :func:`forget_truth_ratios` on the retrained model) is given; holdout metrics
     (``holdout_ppl``, ``mia_*``) are NaN without a holdout split; truth-ratio metrics are
-    NaN for pairs without paraphrased and perturbed answers.
+    NaN for pairs without paraphrased and perturbed answers. Evaluating several models of
+    one task: :class:`LMEvaluator` encodes the task once.
     """
-    tok = task.tokenizer
-    load = lambda pairs: make_loader(tok, pairs, batch_size=batch_size)  # noqa: E731
-    f = answer_scores(model, load(task.forget), k=k)
-    r = answer_scores(model, load(task.retain_eval), k=k)
-    tr_f = truth_ratios(model, tok, task.forget, batch_size=batch_size)
-    tr_r = truth_ratios(model, tok, task.retain_eval, batch_size=batch_size)
-    f_rouge, gen = _rouge(model, tok, task.forget, max_new_tokens, batch_size)
-    r_rouge, _ = _rouge(model, tok, task.retain_eval, max_new_tokens, batch_size)
-    out = {
-        "forget_prob": float(np.exp(-f["nll"]).mean()),
-        "forget_acc": float(f["correct"].sum() / f["tokens"].sum()),
-        "forget_rouge": f_rouge,
-        "forget_truth_ratio": forget_tr_score(tr_f),
-        "forget_tr_mean": float(np.nanmean(tr_f)) if np.isfinite(tr_f).any() else float("nan"),
-        "forget_quality": (forget_quality(tr_f, retrain_truth_ratios)
-                           if retrain_truth_ratios is not None else float("nan")),
-        "retain_prob": float(np.exp(-r["nll"]).mean()),
-        "retain_acc": float(r["correct"].sum() / r["tokens"].sum()),
-        "retain_rouge": r_rouge,
-        "retain_truth_ratio": retain_tr_score(tr_r),
-    }
-    out["model_utility"] = _hmean([out["retain_prob"], out["retain_truth_ratio"],
-                                   out["retain_rouge"]])
-    if task.holdout:
-        h = answer_scores(model, load(task.holdout), k=k)
-        out["holdout_ppl"] = perplexity(h)
-        out["mia_loss_auc"] = auc(-f["nll"], -h["nll"])
-        out["mia_mink_auc"] = auc(f["min_k"], h["min_k"])
-    else:
-        out.update(holdout_ppl=float("nan"), mia_loss_auc=float("nan"),
-                   mia_mink_auc=float("nan"))
-    out["gen_repeat_rate"], out["gen_distinct_ratio"] = repetition_stats(gen)
-    return {key: out[key] for key in METRIC_KEYS}
+    return LMEvaluator(task, k=k, max_new_tokens=max_new_tokens, batch_size=batch_size)(
+        model, retrain_truth_ratios=retrain_truth_ratios)
+
+
+class LMEvaluator:
+    """:func:`evaluate_lm` for any number of models of one ``task``: its splits, truth-ratio
+    answers and generation prompts are tokenised once, here, and reused by every call."""
+
+    def __init__(self, task, *, k: float = 0.4, max_new_tokens: int = 16,
+                 batch_size: int = 64):
+        tok = self.tokenizer = task.tokenizer
+        self.task, self.k = task, k
+        self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
+        load = lambda pairs: make_loader(tok, pairs, batch_size=batch_size)  # noqa: E731
+        self._forget, self._retain = load(task.forget), load(task.retain_eval)
+        self._holdout = load(task.holdout) if task.holdout else None
+        self._tr_forget = _TruthRatioInputs(tok, task.forget, batch_size)
+        self._tr_retain = _TruthRatioInputs(tok, task.retain_eval, batch_size)
+        self._prompts = {split: [encode_prompt(tok, p.question) for p in getattr(task, split)]
+                         for split in ("forget", "retain_eval")}
+
+    def forget_truth_ratios(self, model: torch.nn.Module) -> np.ndarray:
+        """:func:`forget_truth_ratios` (at this batch size) from the encoded answers."""
+        return self._tr_forget(model)
+
+    def __call__(self, model: torch.nn.Module, *,
+                 retrain_truth_ratios: Sequence[float] | None = None,
+                 forget_tr: np.ndarray | None = None) -> dict[str, float]:
+        """:func:`evaluate_lm` of ``model``. ``forget_tr``: the model's own forget truth
+        ratios when they were already computed (:meth:`forget_truth_ratios`), e.g. the
+        retrained model's, which are also its ``retrain_truth_ratios``."""
+        task, tok, k = self.task, self.tokenizer, self.k
+        f = answer_scores(model, self._forget, k=k)
+        r = answer_scores(model, self._retain, k=k)
+        tr_f = self._tr_forget(model) if forget_tr is None else forget_tr
+        tr_r = self._tr_retain(model)
+        f_rouge, gen = _rouge(model, tok, task.forget, self._prompts["forget"],
+                              self.max_new_tokens, self.batch_size)
+        r_rouge, _ = _rouge(model, tok, task.retain_eval, self._prompts["retain_eval"],
+                            self.max_new_tokens, self.batch_size)
+        out = {
+            "forget_prob": float(np.exp(-f["nll"]).mean()),
+            "forget_acc": float(f["correct"].sum() / f["tokens"].sum()),
+            "forget_rouge": f_rouge,
+            "forget_truth_ratio": forget_tr_score(tr_f),
+            "forget_tr_mean": (float(np.nanmean(tr_f)) if np.isfinite(tr_f).any()
+                               else float("nan")),
+            "forget_quality": (forget_quality(tr_f, retrain_truth_ratios)
+                               if retrain_truth_ratios is not None else float("nan")),
+            "retain_prob": float(np.exp(-r["nll"]).mean()),
+            "retain_acc": float(r["correct"].sum() / r["tokens"].sum()),
+            "retain_rouge": r_rouge,
+            "retain_truth_ratio": retain_tr_score(tr_r),
+        }
+        out["model_utility"] = _hmean([out["retain_prob"], out["retain_truth_ratio"],
+                                       out["retain_rouge"]])
+        if self._holdout is not None:
+            h = answer_scores(model, self._holdout, k=k)
+            out["holdout_ppl"] = perplexity(h)
+            out["mia_loss_auc"] = auc(-f["nll"], -h["nll"])
+            out["mia_mink_auc"] = auc(f["min_k"], h["min_k"])
+        else:
+            out.update(holdout_ppl=float("nan"), mia_loss_auc=float("nan"),
+                       mia_mink_auc=float("nan"))
+        out["gen_repeat_rate"], out["gen_distinct_ratio"] = repetition_stats(gen)
+        return {key: out[key] for key in METRIC_KEYS}

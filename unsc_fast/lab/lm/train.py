@@ -131,13 +131,6 @@ def load_lm(directory: str | os.PathLike):
     return model.eval(), tok, json.loads((d / MADE).read_text())
 
 
-def _versions() -> dict[str, str]:
-    import tokenizers
-    import transformers
-    return {"torch": torch.__version__, "transformers": transformers.__version__,
-            "tokenizers": tokenizers.__version__}
-
-
 def trained_lm(task, size: str = "default", *, retain_only: bool = False, seed: int = 0,
                cache_dir: str | os.PathLike | None = None, progress: bool = True,
                recipe: dict | None = None, made: dict | None = None,
@@ -178,7 +171,7 @@ def trained_lm(task, size: str = "default", *, retain_only: bool = False, seed: 
                                              batch_size=128))
     info = {**key, "train_accuracy": acc, "train_seconds": round(wall, 2),
             "params": count_params(model), "threads": threads or torch.get_num_threads(),
-            "versions": _versions()}
+            "versions": helpers.versions("transformers", "tokenizers")}
     if path is not None:
         save_lm(path, model, task.tokenizer, info)
     return model, info
