@@ -270,10 +270,7 @@ def unlearn(model: nn.Module, forget: Iterable, retain: Iterable | None = None, 
     Returns:
         ``UnlearnResult(model, bases, report)`` with the unlearned copy.
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    helpers.check_sgd_args(lr, epochs, forget=forget)
     if relabel not in ("pseudo", "random"):
         raise ValueError(f"relabel must be 'pseudo' or 'random', got {relabel!r}")
     if mode not in ("paper", "sample"):
@@ -287,9 +284,6 @@ def unlearn(model: nn.Module, forget: Iterable, retain: Iterable | None = None, 
     if mode == "sample" and calibration == "proximity" and retain is None:
         raise ValueError("mode='sample' with calibration='proximity' needs the retain data"
                          " (distances to D_r); pass retain, or calibration='class'")
-    if iter(forget) is forget:
-        raise TypeError("forget data must be re-iterable (a DataLoader, a list of batches), not"
-                        f" a one-shot {type(forget).__name__}: it is read once per epoch")
     if forget_classes is not None:
         forget_classes = _class_ids(forget_classes)
     rule = parse_rule(rule)

@@ -8,10 +8,12 @@ dataset can fill in what the user left unset, and a conflict is reported instead
 from __future__ import annotations
 
 import copy
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
+
+from . import hyper
+from .errors import ConfigError
 
 METHOD_NAMES = ("original", "retrain", "unsc", "finetune", "grad_ascent", "random_labels",
                 "random_labels_proj", "boundary_shrink", "salun")
@@ -69,10 +71,6 @@ FLAG_KEYS = {
     "mia_feature": "evaluate.mia_feature", "no_mia": "evaluate.mia",
     "methods": "compare.methods", "seeds": "compare.seeds",
 }
-
-
-class ConfigError(ValueError):
-    """A bad config file or value."""
 
 
 def _get(d: dict, key: str):
@@ -210,31 +208,23 @@ def _label(key: str) -> str:
     return f"{key} ({_FLAG_OF[key]})" if key in _FLAG_OF else key
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def validate(cfg: Config) -> None:
     """Type and range checks that need no data (clear messages before any work)."""
     def positive_int(key, optional=False):
         v = cfg[key]
         if optional and v is None:
             return
-        if not _is_int(v) or v < 1:
+        if not hyper.is_int(v) or v < 1:
             raise ConfigError(f"{_label(key)} must be a positive integer, got {v!r}")
 
     def non_negative_int(key):
         v = cfg[key]
-        if not _is_int(v) or v < 0:
+        if not hyper.is_int(v) or v < 0:
             raise ConfigError(f"{_label(key)} must be a non-negative integer, got {v!r}")
 
     def positive(key):
         v = cfg[key]
-        if not _is_number(v) or not v > 0:
+        if not hyper.is_number(v) or not v > 0:
             raise ConfigError(f"{_label(key)} must be a positive (finite) number, got {v!r}")
 
     def boolean(key):
@@ -261,7 +251,7 @@ def validate(cfg: Config) -> None:
     string("unlearn.calibration", choices=("proximity", "class"))
     string("unlearn.stats_dtype", choices=("float32", "float64"))
     share = cfg["unlearn.holdout_share"]
-    if not (_is_number(share) and 0 < share <= 1):
+    if not (hyper.is_number(share) and 0 < share <= 1):
         raise ConfigError(f"{_label('unlearn.holdout_share')} must be a number in (0, 1],"
                           f" got {share!r}")
     if cfg["unlearn.mode"] == "sample" and cfg["scenario.kind"] not in ("subclass", "random"):
@@ -276,22 +266,22 @@ def validate(cfg: Config) -> None:
         positive_int(key, optional=True)
     for key in ("seed", "data_seed", "scenario.cluster"):
         non_negative_int(key)
-    if not _is_int(cfg["scenario.k"]) or cfg["scenario.k"] < 2:
+    if not hyper.is_int(cfg["scenario.k"]) or cfg["scenario.k"] < 2:
         raise ConfigError(f"{_label('scenario.k')} must be an integer >= 2,"
                           f" got {cfg['scenario.k']!r}")
     for key in ("train.lr", "unlearn.lr", "width"):
         positive(key)
     frac = cfg["scenario.fraction"]
-    if frac is not None and not (_is_number(frac) and 0 < frac < 1):
+    if frac is not None and not (hyper.is_number(frac) and 0 < frac < 1):
         raise ConfigError(f"{_label('scenario.fraction')} must be a number in (0, 1),"
                           f" got {frac!r}")
     wd, mom = cfg["train.weight_decay"], cfg["train.momentum"]
-    if not _is_number(wd) or wd < 0:
+    if not hyper.is_number(wd) or wd < 0:
         raise ConfigError(f"{_label('train.weight_decay')} must be a number >= 0, got {wd!r}")
-    if not _is_number(mom) or not 0 <= mom < 1:
+    if not hyper.is_number(mom) or not 0 <= mom < 1:
         raise ConfigError(f"{_label('train.momentum')} must be a number in [0, 1), got {mom!r}")
     classes = cfg["scenario.classes"]
-    if not isinstance(classes, list) or not all(_is_int(c) for c in classes):
+    if not isinstance(classes, list) or not all(hyper.is_int(c) for c in classes):
         raise ConfigError(f"{_label('scenario.classes')} must be a list of integers,"
                           f" got {classes!r}")
     dup = sorted({c for c in classes if classes.count(c) > 1})
@@ -303,7 +293,7 @@ def validate(cfg: Config) -> None:
                           " use --scenario classes (or leave --scenario out)")
     seeds = cfg["compare.seeds"]
     if not isinstance(seeds, list) or not seeds or not all(
-            _is_int(s) and s >= 0 for s in seeds):
+            hyper.is_int(s) and s >= 0 for s in seeds):
         raise ConfigError(f"{_label('compare.seeds')} must be a non-empty list of integers"
                           f" >= 0, got {seeds!r}")
     if len(set(seeds)) < len(seeds):
@@ -349,38 +339,6 @@ _HP_RANGES = {
 
 
 def check_hyperparameters(method: str, hp: dict) -> None:
-    """Names and value types of ``[methods.<method>]`` against the method's signature."""
-    import inspect
-
+    """Names, types and ranges of ``[methods.<method>]`` against the method's signature."""
     from ..lab.baselines import METHODS
-    params = {k: p for k, p in inspect.signature(METHODS[method]).parameters.items()
-              if k != "task"}
-    unknown = sorted(set(hp) - set(params))
-    if unknown:
-        raise ConfigError(f"[methods.{method}]: unknown hyperparameter(s) {unknown};"
-                          f" {method} takes {sorted(params)}")
-    for k, v in hp.items():
-        ann = params[k].annotation
-        kinds = {t.strip() for t in str(ann).split("|")} if isinstance(ann, str) else set()
-        if v is None and "None" in kinds:
-            continue
-        if "bool" in kinds:
-            ok, what = isinstance(v, bool), "true or false"
-        elif "int" in kinds:
-            ok, what = _is_int(v), "an integer"
-        elif "float" in kinds:
-            ok, what = _is_number(v), "a finite number"
-        elif "str" in kinds:
-            ok, what = isinstance(v, str), "a string"
-        else:
-            ok, what = True, ""
-        if ok and k in _HP_RANGES and not isinstance(v, (bool, str)):
-            ok, what = _HP_RANGES[k][0](v), _HP_RANGES[k][1]
-        if ok and k == "rule":
-            from ..bases import parse_rule
-            try:
-                parse_rule(v)
-            except (ValueError, TypeError) as exc:
-                raise ConfigError(f"[methods.{method}] rule: {exc}") from None
-        if not ok:
-            raise ConfigError(f"[methods.{method}] {k} must be {what}, got {v!r}")
+    hyper.check_hyperparameters(METHODS, method, hp, _HP_RANGES)

@@ -2,9 +2,7 @@
 types (from the annotations) and ranges (by name), as one-line :class:`ConfigError` before
 any work. Written for any registry of methods (name -> function taking ``task`` first).
 
-The image job's :func:`unsc_fast.cli.config.check_hyperparameters` holds the same rules for
-its own registry; it can delegate here (``check_hyperparameters(METHODS, method, hp,
-_HP_RANGES)``).
+Used by the image job (:func:`unsc_fast.cli.config.check_hyperparameters`) and the LM job.
 """
 from __future__ import annotations
 
@@ -12,7 +10,7 @@ import inspect
 import math
 from collections.abc import Callable, Mapping
 
-from .config import ConfigError
+from .errors import ConfigError
 
 #: name -> (accepts the value, what it must be)
 Ranges = Mapping[str, tuple[Callable[[object], bool], str]]

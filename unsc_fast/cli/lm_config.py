@@ -19,7 +19,8 @@ from ..lab.lm.compare import ALL_METHODS, LMSetup
 from ..lab.lm.corpus import CORPUS_SIZES
 from ..lab.lm.methods import METHODS
 from ..rules import parse_rule
-from .config import ConfigError, load_toml
+from .config import load_toml
+from .errors import ConfigError
 from .hyper import check_hyperparameters, is_int, is_number
 
 SETUP_KEYS = tuple(f.name for f in dataclasses.fields(LMSetup))
