@@ -44,9 +44,85 @@ def test_fast_core_keeps_the_exact_rules_energy_and_rank(d, alpha, rule):
         assert measured >= rule.eps - 1e-6
 
 
-def test_subspace_and_fallback_routes_are_both_taken():
-    assert spectral.fast_core(power_law(700, 2.0), Energy(0.99)).method == "subspace"
+def test_krylov_subspace_and_fallback_routes_are_all_taken():
+    assert spectral.fast_core(power_law(700, 2.0), Energy(0.99)).method == "krylov"
+    assert spectral.fast_core(power_law(700, 2.0), Threshold(0.01)).method == "subspace"
     assert spectral.fast_core(power_law(200, 1.2), Energy(0.99)).method == "eigh32"
+
+
+def spectrum(evals: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """A PSD matrix with the given eigenvalues in a random basis."""
+    d = evals.numel()
+    g = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    return (Q * evals.double()) @ Q.T
+
+
+def _i(n: int) -> torch.Tensor:
+    return torch.arange(1, n + 1, dtype=torch.float64)
+
+
+# spectra whose energy core is at most d/4, so the block Krylov route is the one taken
+KRYLOV_SPECTRA = {
+    "alpha1.0": (_i(600) ** -1.0, 0.7),
+    "alpha1.5": (_i(512) ** -1.5, 0.95),
+    "alpha2.0": (_i(400) ** -2.0, 0.99),
+    "alpha1.5-rank-deficient": (torch.cat([_i(60) ** -1.5, torch.zeros(340)]), 0.99),
+    "rank-deficient-eps1": (torch.cat([_i(60) ** -1.0, torch.zeros(340)]), 1.0),
+    # two flat clusters of 30 (more than the block of 16) over a slow tail
+    "clustered": (torch.cat([torch.ones(30), 0.3 * torch.ones(30), 1e-3 * _i(340) ** -0.5]),
+                  0.95),
+}
+
+
+@pytest.mark.parametrize("name", KRYLOV_SPECTRA)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_krylov_route_keeps_energy_rank_and_orthonormality(name, dtype):
+    evals, eps = KRYLOV_SPECTRA[name]
+    C = spectrum(evals)
+    rule = Energy(eps)
+    exact = rule.rank(ref.eigh_desc(C)[0])
+    core = spectral.fast_core(C.to(dtype), rule)
+    assert core.method == "krylov"
+    # never below the exact rank (the core's energy is measured); at most 2 % above, or 1
+    assert exact <= core.rank <= max(exact + 1, math.ceil(1.02 * exact)), (exact, core.rank)
+    U = core.basis.double()
+    torch.testing.assert_close(U.mT @ U, torch.eye(core.rank, dtype=torch.float64),
+                               atol=1e-5, rtol=0)
+    measured = spectral.retained_energy(C, core.basis)
+    assert abs(measured - core.retained) < 1e-5
+    assert measured >= eps - 1e-6
+
+
+def test_krylov_route_takes_a_non_contiguous_input_and_is_deterministic_per_seed():
+    C = spectrum(_i(500) ** -1.5)
+    big = torch.zeros(600, 600, dtype=torch.float64)
+    big[50:550, 50:550] = C
+    view = big[50:550, 50:550]
+    assert not view.is_contiguous()
+    a, b = spectral.fast_core(view, Energy(0.95)), spectral.fast_core(C, Energy(0.95))
+    assert a.method == "krylov" and a.rank == b.rank
+    assert torch.equal(a.basis, b.basis)
+    c = spectral.fast_core(C, Energy(0.95), seed=1)
+    assert c.rank >= a.rank - 1 and not torch.equal(c.basis[:, :3], a.basis[:, :3])
+
+
+def test_krylov_ranks_settle_from_above():
+    """Ritz values of nested Krylov spaces only grow (interlacing): the energy rank read from
+    them never rises as the space grows and never falls below the exact rank."""
+    C = spectrum(_i(600) ** -1.5)
+    rule = Energy(0.95)
+    exact = rule.rank(ref.eigh_desc(C)[0])
+    total = float(torch.diagonal(C).sum())
+    lz = spectral._BlockLanczos(C.float(), 16, 288, torch.Generator().manual_seed(0))
+    lz.grow(288)
+    ranks = [lz.rank_at(rule, total, k) for k in range(64, 289, 32)]
+    ranks = [r if r is not None else 601 for r in ranks]
+    assert ranks == sorted(ranks, reverse=True) and ranks[-1] >= exact, (ranks, exact)
+    Q = lz.Q[:, :288].double()
+    torch.testing.assert_close(Q.mT @ Q, torch.eye(288, dtype=torch.float64), atol=1e-5, rtol=0)
+    T = torch.triu(lz.T[:288, :288]).double()
+    torch.testing.assert_close(T, torch.triu(Q.mT @ C @ Q), atol=1e-5, rtol=0)
 
 
 def test_floor_rule_is_refused():
@@ -89,3 +165,20 @@ def test_basis_benchmark_smoke():
     assert rows[0]["rank_fast"] >= rows[0]["rank_exact"]
     assert "| 64 | 2.0 |" in markdown(rows, {"torch_threads": 1, "cpu_model": "x", "torch": "t",
                                              "git_commit": "0" * 10})
+
+
+def test_krylov_core_grows_until_its_measured_energy_reaches_eps(monkeypatch):
+    """The Ritz values only pick the first guess; the returned core's energy is measured. A rank
+    read too low (here forced 3 below, as float32 round-off could) is grown back."""
+    rank_from_head = spectral._rank_from_head
+
+    def too_low(*args):
+        r = rank_from_head(*args)
+        return None if r is None else max(0, r - 3)
+
+    monkeypatch.setattr(spectral, "_rank_from_head", too_low)
+    C = spectrum(_i(400) ** -2.0)
+    core = spectral.fast_core(C, Energy(0.99))
+    assert core.method == "krylov"
+    assert core.rank == Energy(0.99).rank(ref.eigh_desc(C)[0])
+    assert spectral.retained_energy(C, core.basis) >= 0.99 - 1e-6

@@ -151,8 +151,8 @@ class NullSpace(Mapping[str, LayerBasis]):
         layers and broadcasts them, so every rank ends with the same bases in about 1/world of
         the time (see :mod:`unsc_fast.distributed`). ``progress`` shows a bar over the layers
         (on every rank, over its own layers, when distributed). ``method``: ``"eigh"`` (float64,
-        the reference) or ``"fast"`` (float32 subspace iteration whose core keeps at least the
-        exact rule's energy; for wide layers, see :mod:`unsc_fast.spectral`).
+        the reference) or ``"fast"`` (float32 block Krylov or subspace iteration whose core
+        keeps at least the exact rule's energy; for wide layers, see :mod:`unsc_fast.spectral`).
         """
         rule = parse_rule(rule)
         if store not in ("auto", "core", "null"):

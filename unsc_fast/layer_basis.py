@@ -119,8 +119,9 @@ def layer_basis(name: str, lm: LayerMoments, rule: Rule, *, include_bias: bool =
     """The bases of one layer's statistics: C = S/n per group, then the rank rule.
 
     ``method="eigh"`` decomposes C in float64 (the reference); ``"fast"`` finds the core by
-    float32 subspace iteration with a float64 energy check (:mod:`unsc_fast.spectral`), for
-    LLM-width layers, and keeps at least the exact rule's energy.
+    float32 block Krylov (energy rule) or subspace iteration with a float64 energy check
+    (:mod:`unsc_fast.spectral`), for LLM-width layers, and keeps at least the exact rule's
+    energy.
     """
     if method not in METHODS:
         raise ValueError(f"unknown basis method {method!r}; choose one of {METHODS}")

@@ -321,8 +321,9 @@ def unlearn_lm(model: nn.Module, forget: Iterable, retain: Iterable | None = Non
         bases: precomputed bases (skips the statistics; ``rule``, ``method``, ``layers``
             then unused).
         rule: the rank rule (spec § 1.2), default the paper's ε = 0.99.
-        method: ``"fast"`` (default: float32 subspace iteration, made for LLM-width layers,
-            keeps at least the exact rule's energy) or ``"eigh"`` (float64 reference).
+        method: ``"fast"`` (default: float32 block Krylov or subspace iteration, made for
+            LLM-width layers, keeps at least the exact rule's energy) or ``"eigh"`` (float64
+            reference).
         layers: module names or patterns to cover; default :func:`lm_layers` (every
             attention and MLP projection; embeddings, norms and the output head frozen).
         holdout: batches of QA about entities the model never saw, same format; the
