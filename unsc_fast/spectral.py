@@ -9,7 +9,7 @@ QRs and a small ``eigh`` only:
 
 - energy rule: block Lanczos (block Krylov with full reorthogonalization, Rayleigh-Ritz).
   From a random block X of b columns it builds an orthonormal basis Q of span(X, CX, C²X,
-  ...), W = C Q and T = Qᵀ C Q a block at a time; the Ritz values (eigenvalues of T) give
+  ...) and T = Qᵀ C Q a block at a time; the Ritz values (eigenvalues of T) give
   the rule. A Krylov space of k columns holds a polynomial of degree k/b in C, so it finds a
   wide core with far fewer columns than subspace iteration (at d = 4096, eigenvalues i^-1.5,
   ε = 0.99, the core of 1229 needs k ≈ 1.5 x 1229 with b = 64, against 4 passes of a block
@@ -27,7 +27,8 @@ quotients of orthonormal vectors and interlace below the true eigenvalues (θ_i 
 the energy the first r Ritz vectors hold is at most that of the top r eigenvectors; the rank
 picked from the Ritz values is therefore never below the exact rank (and, the Krylov spaces
 being nested, it only falls as the space grows), and the energy the chosen core retains is
-then measured (float64 sums of its float32 Rayleigh quotients) and r grown until it reaches
+then measured (float64 sums of its float32 Rayleigh quotients, sᵢᵀ T sᵢ for the Krylov
+route) and r grown until it reaches
 ε. When the core needs more than d/3 (subspace) or the Krylov space more than d/2, the
 method falls back to a float32 ``eigh`` with the same float64 energy check.
 :func:`unsc_fast.reference.eigh_desc` (float64) stays the reference.
@@ -143,13 +144,13 @@ def _ritz(A: Tensor, k: int, gen: torch.Generator) -> tuple[Tensor, Tensor, Tens
 
 class _BlockLanczos:
     """An orthonormal basis Q of the block Krylov space span(X, CX, C²X, ...) of a random
-    block X, with W = C Q and the projected matrix T = Qᵀ C Q (upper triangle), grown a
+    block X, with the projected matrix T = Qᵀ C Q (upper triangle), grown a
     block at a time. Spaces are nested, so T[:k, :k] is the projection for any k blocks."""
 
     def __init__(self, A: Tensor, b: int, cap: int, gen: torch.Generator):
         d = A.shape[0]
         self.A, self.b, self.k = A, b, 0
-        self.Q, self.W = A.new_empty(d, cap), A.new_empty(d, cap)
+        self.Q = A.new_empty(d, cap)
         self.T = A.new_zeros(cap, cap)
         X = torch.randn(d, b, generator=gen, dtype=A.dtype).to(A.device)
         self.V = torch.linalg.qr(X)[0]  # no C·X first: the Krylov space takes C X next anyway
@@ -161,7 +162,6 @@ class _BlockLanczos:
             self.Q[:, k:k + b] = self.V
             Q = self.Q[:, :k + b]
             W = self.A @ self.V
-            self.W[:, k:k + b] = W
             # block Lanczos: C Q_j lies in span(Q_{j-1}, Q_j, Q_{j+1}), so subtracting the last
             # two blocks removes nearly all of W's projection; one pass against all blocks then
             # removes what float32 round-off lets back in
@@ -217,9 +217,12 @@ def _krylov(A: Tensor, rule: Energy, total: float, gen: torch.Generator
             # 4096 the excess shrank ~10x per k/8 columns, so it is then well inside 2 %)
             if prev is not None and prev - r <= _SETTLED * r:
                 m = min(k, r + r // 64 + 8)  # energies of a few more vectors for the growth
+                # uᵢᵀ C uᵢ = sᵢᵀ (Qᵀ C Q) sᵢ: from the k x k projection, not from C·U (d x m)
+                Tk = lz.T[:k, :k]
+                T = Tk.triu() + Tk.triu(1).mT
                 while True:
-                    U, CU = lz.Q[:, :k] @ S[:, :m], lz.W[:, :k] @ S[:, :m]
-                    energies = (U.double() * CU.double()).sum(0)
+                    U, TS = lz.Q[:, :k] @ S[:, :m], T @ S[:, :m]
+                    energies = (S[:, :m].double() * TS.double()).sum(0)
                     rr = _grow_to_energy(rule, r, energies, total)
                     if rr < m or m == k:
                         return FastCore(U[:, :rr], rr, _share(energies, rr, total), "krylov")
@@ -247,8 +250,7 @@ def fast_core(C: Tensor, rule: Rule, *, seed: int = 0) -> FastCore:
         raise ValueError("the fast basis method needs a head-of-spectrum rule (energy,"
                          " threshold, rank); the floor rule needs λ_min: use method='eigh'")
     d = C.shape[-1]
-    A = C.float()
-    A = (A + A.mT) / 2
+    A = torch.add(C.float(), C.float().mT).mul_(0.5)  # one d x d temporary, not three
     total = float(torch.diagonal(C).double().sum())  # the trace alone, not a copy of C
     gen = torch.Generator().manual_seed(seed)
     if isinstance(rule, Energy):
