@@ -159,14 +159,31 @@ def _staged(tmp_path, names=("a", "b", "c")):
     return tx
 
 
-def test_ctrl_c_during_commit_waits_until_every_output_is_in_place(tmp_path, monkeypatch):
+@pytest.fixture
+def ctrl_c():
+    """Sends a Ctrl-C as a terminal does, with Python's own handler in place (an earlier
+    test or library may have left another one) and time to reach the main thread: a signal
+    the kernel hands to another thread is run by Python at the main thread's next check."""
+    handler = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def send():
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(100):            # each sleep ends early once the handler has run
+            time.sleep(0.001)
+    yield send
+    signal.signal(signal.SIGINT, handler)
+
+
+def test_ctrl_c_during_commit_waits_until_every_output_is_in_place(tmp_path, monkeypatch,
+                                                                   ctrl_c):
     (tmp_path / "a").write_bytes(b"old a")
     real = os.replace
 
     def interrupted(src, dst):          # Ctrl-C arrives between the first and second rename
         real(src, dst)
         if str(dst).endswith("a"):
-            os.kill(os.getpid(), signal.SIGINT)
+            ctrl_c()
     tx = _staged(tmp_path)
     monkeypatch.setattr(os, "replace", interrupted)
     with pytest.raises(KeyboardInterrupt):
@@ -176,7 +193,7 @@ def test_ctrl_c_during_commit_waits_until_every_output_is_in_place(tmp_path, mon
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_a_second_ctrl_c_cannot_cut_the_roll_back_short(tmp_path, monkeypatch):
+def test_a_second_ctrl_c_cannot_cut_the_roll_back_short(tmp_path, monkeypatch, ctrl_c):
     """A rename fails, the roll-back starts, and Ctrl-C arrives during it: the user's old
     files are all restored first, and no backup is left behind."""
     (tmp_path / "a").write_bytes(b"old a")
@@ -187,7 +204,7 @@ def test_a_second_ctrl_c_cannot_cut_the_roll_back_short(tmp_path, monkeypatch):
         if str(src).endswith(".tmp") and str(dst).endswith("c"):
             raise OSError(28, "No space left on device")
         if str(src).endswith(".bak"):                 # restoring: the second Ctrl-C
-            os.kill(os.getpid(), signal.SIGINT)
+            ctrl_c()
         real(src, dst)
     tx = _staged(tmp_path)
     monkeypatch.setattr(os, "replace", flaky)
