@@ -138,6 +138,8 @@ def test_unlearn_checks_the_calibration_before_touching_anything():
     bases = uf.unlearn(model, dl, rl, epochs=0, progress=False).bases
     with pytest.raises(ValueError, match="retain"):
         uf.unlearn(model, dl, None, bases=bases, mode="sample", holdout=dl, progress=False)
+    with pytest.raises(TypeError, match="re-iterable"):
+        uf.unlearn(model, dl, iter(list(rl)), mode="sample", holdout=dl, progress=False)
     # with class matching the retain data is not needed
     res = uf.unlearn(model, dl, None, bases=bases, mode="sample", holdout=dl,
                      calibration="class", epochs=1, progress=False)

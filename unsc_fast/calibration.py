@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from . import layers
 
 __all__ = ["LossCalibration", "ProximityCalibration", "Proximity", "head_layer",
-           "head_inputs"]
+           "head_inputs", "losses_and_distances"]
 
 
 def _ranks(sorted_ref: Tensor, v: Tensor) -> Tensor:

@@ -281,9 +281,14 @@ def unlearn(model: nn.Module, forget: Iterable, retain: Iterable | None = None, 
                          " (forget_classes=None) and relabel='pseudo'")
     if calibration not in ("proximity", "class"):
         raise ValueError(f"calibration must be 'proximity' or 'class', got {calibration!r}")
-    if mode == "sample" and calibration == "proximity" and retain is None:
-        raise ValueError("mode='sample' with calibration='proximity' needs the retain data"
-                         " (distances to D_r); pass retain, or calibration='class'")
+    if mode == "sample" and calibration == "proximity":
+        if retain is None:
+            raise ValueError("mode='sample' with calibration='proximity' needs the retain data"
+                             " (distances to D_r); pass retain, or calibration='class'")
+        if iter(retain) is retain:   # read for the statistics and again for the distances
+            raise TypeError("retain data must be re-iterable (a DataLoader, a list of batches)"
+                            f" for calibration='proximity', not a one-shot"
+                            f" {type(retain).__name__}")
     if forget_classes is not None:
         forget_classes = _class_ids(forget_classes)
     rule = parse_rule(rule)
