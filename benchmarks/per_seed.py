@@ -15,11 +15,9 @@ import json
 import statistics
 from pathlib import Path
 
-NAMES = {"original": "original", "retrain": "retrain", "unsc": "UNSC",
-         "finetune": "fine-tune", "grad_ascent": "gradient ascent",
-         "random_labels": "random labels", "random_labels_proj": "random labels + proj.",
-         "boundary_shrink": "boundary shrink", "salun": "SalUn"}
-COLUMNS = ("acc_r", "acc_f", "acc_df", "mia_efficacy", "mia_loss_acc")
+from unsc_fast.lab.report import GAP_SAMPLE as COLUMNS
+from unsc_fast.lab.report import LABELS as NAMES
+
 NOT_BASELINES = ("unsc", "retrain", "original")
 
 

@@ -10,8 +10,8 @@ import unsc_fast as uf
 from unsc_fast.calibration import (LossCalibration, Proximity, ProximityCalibration,
                                    head_layer, losses_and_distances)
 from unsc_fast.lab import data as D
-from unsc_fast.lab.models import build_model
-from unsc_fast.lab.train import train
+
+from toy_task import toy_task
 
 D64 = torch.float64
 
@@ -118,19 +118,8 @@ def test_the_head_is_the_last_layer_that_runs_and_its_inputs_are_the_features():
         head_layer(nn.ReLU(), x)
 
 
-def _toy(seed=0):
-    split = D.make_synthetic(num_classes=4, per_class=30, size=6, seed=seed)
-    torch.manual_seed(seed)
-    model = build_model("mlp", split.input_shape, split.num_classes)
-    train(model, D.loader(split.train, 16, True), epochs=10, progress=False)
-    model.eval()
-    idx = list(range(len(split.train)))
-    return split, model, torch.utils.data.Subset(split.train, idx[:12]), \
-        torch.utils.data.Subset(split.train, idx[12:])
-
-
 def test_unlearn_checks_the_calibration_before_touching_anything():
-    _, model, forget, retain = _toy()
+    _, model, forget, retain = toy_task()
     dl, rl = D.loader(forget, 12), D.loader(retain, 64)
     with pytest.raises(ValueError, match="calibration"):
         uf.unlearn(model, dl, rl, mode="sample", holdout=dl, calibration="nearest",
@@ -149,7 +138,7 @@ def test_unlearn_checks_the_calibration_before_touching_anything():
 def test_proximity_mode_moves_a_far_cluster_more_than_near_samples():
     """End to end on the toy: D_f's targets come from held-out samples as far from D_r as
     each forget sample, so the forgotten samples' losses rise and the model stays finite."""
-    split, model, forget, retain = _toy()
+    split, model, forget, retain = toy_task()
     res = uf.unlearn(model, D.loader(forget, 6, True), D.loader(retain, 64), mode="sample",
                      holdout=D.loader(split.test, 64), lr=0.2, epochs=10, progress=False)
     assert res.report.active and res.report.active[-1] <= res.report.active[0]

@@ -9,11 +9,11 @@ import torch.nn.functional as F
 
 import unsc_fast as uf
 from unsc_fast.lab import data as D
-from unsc_fast.lab.models import build_model
 from unsc_fast.lab.scenarios import Scenario
-from unsc_fast.lab.train import train
 from unsc_fast.calibration import LossCalibration
 from unsc_fast.unlearn import _sample_mode_loss
+
+from toy_task import toy_task
 
 
 def test_calibration_maps_forget_losses_onto_held_out_quantiles():
@@ -33,22 +33,10 @@ def test_calibration_maps_forget_losses_onto_held_out_quantiles():
         LossCalibration(f, fy, h[:1], hy[:1])
 
 
-def _toy(seed=0):
-    split = D.make_synthetic(num_classes=4, per_class=30, size=6, seed=seed)
-    torch.manual_seed(seed)
-    model = build_model("mlp", split.input_shape, split.num_classes)
-    train(model, D.loader(split.train, 16, True), epochs=10, progress=False)
-    model.eval()
-    idx = list(range(len(split.train)))
-    forget = torch.utils.data.Subset(split.train, idx[:12])
-    retain = torch.utils.data.Subset(split.train, idx[12:])
-    return split, model, forget, retain
-
-
 def test_samples_already_as_unseen_get_no_gradient():
     """Per-sample stopping: only samples below their held-out target move. A mutation that
     always relabels (no mask) fails here."""
-    _, model, forget, _ = _toy()
+    _, model, forget, _ = toy_task()
     x, y = next(iter(D.loader(forget, 100)))
     with torch.no_grad():
         l0 = F.cross_entropy(model(x), y, reduction="none")
@@ -66,7 +54,7 @@ def test_samples_already_as_unseen_get_no_gradient():
 
 
 def test_held_out_data_like_the_forget_set_leaves_the_model_unchanged_and_stops():
-    _, model, forget, retain = _toy()
+    _, model, forget, retain = toy_task()
     dl = D.loader(forget, 12)
     res = uf.unlearn(model, dl, D.loader(retain, 64), mode="sample", holdout=D.loader(forget, 12),
                      calibration="class", lr=0.5, epochs=10, progress=False)
@@ -76,7 +64,7 @@ def test_held_out_data_like_the_forget_set_leaves_the_model_unchanged_and_stops(
 
 
 def test_sample_mode_moves_forget_losses_to_held_out_not_off_the_label():
-    split, model, forget, retain = _toy()
+    split, model, forget, retain = toy_task()
     x, y = next(iter(D.loader(forget, 100)))
     xt, yt = next(iter(D.loader(split.test, 1000)))
     xr, _ = next(iter(D.loader(retain, 1000)))
@@ -109,7 +97,7 @@ def test_sample_mode_moves_forget_losses_to_held_out_not_off_the_label():
 
 
 def test_sample_mode_needs_held_out_data_and_sample_level_forgetting():
-    _, model, forget, retain = _toy()
+    _, model, forget, retain = toy_task()
     dl, rl = D.loader(forget, 12), D.loader(retain, 64)
     with pytest.raises(ValueError, match="holdout"):
         uf.unlearn(model, dl, rl, mode="sample", progress=False)

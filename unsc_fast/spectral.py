@@ -250,7 +250,8 @@ def fast_core(C: Tensor, rule: Rule, *, seed: int = 0) -> FastCore:
         raise ValueError("the fast basis method needs a head-of-spectrum rule (energy,"
                          " threshold, rank); the floor rule needs λ_min: use method='eigh'")
     d = C.shape[-1]
-    A = torch.add(C.float(), C.float().mT).mul_(0.5)  # one d x d temporary, not three
+    A = C.float()
+    A = torch.add(A, A.mT).mul_(0.5)  # one d x d temporary (plus the cast if C is not fp32)
     total = float(torch.diagonal(C).double().sum())  # the trace alone, not a copy of C
     gen = torch.Generator().manual_seed(seed)
     if isinstance(rule, Energy):
