@@ -10,8 +10,7 @@ import torch.nn.functional as F
 import unsc_fast as uf
 from unsc_fast.lab import data as D
 from unsc_fast.lab.scenarios import Scenario
-from unsc_fast.calibration import LossCalibration
-from unsc_fast.unlearn import _sample_mode_loss
+from unsc_fast.calibration import LossCalibration, calibrated_loss
 
 from toy_task import toy_task
 
@@ -43,13 +42,13 @@ def test_samples_already_as_unseen_get_no_gradient():
     # held-out losses far below D_f's: every sample already looks unseen
     low = LossCalibration(l0, y, l0 * 0.5, y, min_per_class=1)
     clone = copy.deepcopy(model)
-    loss, n = _sample_mode_loss(model, clone, low, x, y)
+    loss, n = calibrated_loss(model, clone, low, x, y)
     assert n == 0 and float(loss.detach()) == 0.0
     loss.backward()
     assert all(p.grad is None or not p.grad.any() for p in clone.parameters())
     # held-out losses above D_f's: every sample moves
     high = LossCalibration(l0, y, l0 * 3 + 0.5, y, min_per_class=1)
-    loss, n = _sample_mode_loss(model, clone, high, x, y)
+    loss, n = calibrated_loss(model, clone, high, x, y)
     assert n == len(y) and float(loss) > 0
 
 

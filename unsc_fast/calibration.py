@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from . import layers
 
 __all__ = ["LossCalibration", "ProximityCalibration", "Proximity", "head_layer",
-           "head_inputs", "losses_and_distances"]
+           "head_inputs", "losses_and_distances", "calibrated_loss"]
 
 
 def _ranks(sorted_ref: Tensor, v: Tensor) -> Tensor:
@@ -249,3 +249,24 @@ def losses_and_distances(model: nn.Module, data: Iterable, device, head: str | N
     if not ls:
         raise ValueError("no batches to calibrate from")
     return torch.cat(ls), torch.cat(ys), torch.cat(ds) if ds else None
+
+
+def calibrated_loss(original: nn.Module, unlearned: nn.Module,
+                    calib: LossCalibration | ProximityCalibration,
+                    x: Tensor, y: Tensor) -> tuple[Tensor, int]:
+    """The sample mode's loss: raise each sample's true-label loss towards its target
+    (``calib.targets(original, x, y)``), in log space. Returns (loss, samples still moving).
+
+    ``log(target) - log(loss)`` over the samples whose current loss is still below their
+    target; the others get no gradient (per-sample stopping). Its gradient in the logits is
+    the direction of a soft target that keeps the other classes' proportions, at a scale
+    that does not vanish when the loss is tiny (float64: a confident sample's loss does not
+    round to 0)."""
+    target = calib.targets(original, x, y)
+    logits = unlearned(x)
+    loss = F.cross_entropy(logits.double(), y, reduction="none")
+    active = loss.detach() < target
+    tiny = torch.finfo(torch.float64).tiny
+    gap = torch.log(target.clamp_min(tiny)) - torch.log(loss.clamp_min(tiny))
+    return torch.where(active, gap, torch.zeros_like(gap)).sum().div(len(x)).to(logits.dtype), \
+        int(active.sum())

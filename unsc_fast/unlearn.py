@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .bases import NullSpace, Rule, parse_rule
-from .calibration import (LossCalibration, Proximity, ProximityCalibration, head_layer,
-                          losses_and_distances)
+from .calibration import (LossCalibration, Proximity, ProximityCalibration, calibrated_loss,
+                          head_layer, losses_and_distances)
 from .project import project_, projected_backward
 from .reference import pseudo_labels
 from . import helpers, layers
@@ -104,26 +104,6 @@ def freeze_for_unlearning(model: nn.Module, bases: NullSpace | None, dropout: bo
             m.bias.requires_grad_(True)
             trainable.append(m.bias)
     return trainable
-
-
-def _sample_mode_loss(original: nn.Module, unlearned: nn.Module,
-                      calib: LossCalibration | ProximityCalibration,
-                      x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Raise each sample's true-label loss towards its held-out target, in log space.
-
-    ``log(target) - log(loss)`` over the samples whose current loss is still below their
-    target; the others get no gradient (per-sample stopping). Its gradient in the logits is
-    the direction of a soft target that keeps the other classes' proportions, at a scale
-    that does not vanish when the loss is tiny (float64: a confident sample's loss does not
-    round to 0)."""
-    target = calib.targets(original, x, y)
-    logits = unlearned(x)
-    loss = F.cross_entropy(logits.double(), y, reduction="none")
-    active = loss.detach() < target
-    tiny = torch.finfo(torch.float64).tiny
-    gap = torch.log(target.clamp_min(tiny)) - torch.log(loss.clamp_min(tiny))
-    return torch.where(active, gap, torch.zeros_like(gap)).sum().div(len(x)).to(logits.dtype), \
-        int(active.sum())
 
 
 def build_bases(model: nn.Module, retain: Iterable | None, rule: Rule | str,
@@ -393,7 +373,7 @@ def _run(original, forget, retain, bases, project, lr, epochs, relabel, seed, dr
                 if probe is None:
                     probe = x[:256].detach()
                 if calib is not None:
-                    loss, n_active = _sample_mode_loss(original, unlearned, calib, x, y)
+                    loss, n_active = calibrated_loss(original, unlearned, calib, x, y)
                     moving += n_active
                 else:
                     with torch.no_grad():
