@@ -8,9 +8,11 @@ Covariances: eigenvalues i^-alpha (activation-like decay; alpha 2 puts the 0.99-
 a few percent of d, alpha 1.5 near half of d) in a basis mixed by 6 random Householder
 reflections (dense eigenvectors at O(d²) set-up cost; eigh's work does not depend on them).
 Rule: energy 0.99. Each method gets the covariance in float32, the dtype the statistics are
-kept in by default. The median of 3 repetitions per cell (one at d >= 8192, where a float64
-eigh takes minutes): at d = 4096 single runs of the fast method spread by +-20 % on a quiet
-2-core machine.
+kept in by default. The three methods run in turn, 5 rounds per cell (one at d >= 8192, where
+a float64 eigh takes minutes), and each time is the median over rounds: at d = 4096 single
+runs of the fast method spread by +-20 % on a quiet 2-core machine, and the machine's speed
+drifts within minutes, so every method is timed under the same drift. The table also lists
+the speed-up of each round.
 """
 from __future__ import annotations
 
@@ -40,16 +42,24 @@ def covariance(d: int, alpha: float, seed: int = 0) -> torch.Tensor:
     return (C + C.mT) / 2
 
 
-def _time(fn, reps: int) -> tuple[float, object]:
-    times, out = [], None
+def _interleaved(fns: dict, reps: int) -> tuple[dict, dict, list[dict]]:
+    """Run the methods in turn, ``reps`` rounds: a shared machine's speed drifts by +-20 %
+    within minutes, and a round-robin puts every method under the same drift. Returns the
+    median time and last output per method, and each round's times."""
+    rounds, outs = [], {}
     for _ in range(reps):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), out
+        times = {}
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            outs[name] = fn()
+            times[name] = time.perf_counter() - t
+        rounds.append(times)
+    med = {name: statistics.median(r[name] for r in rounds) for name in fns}
+    return med, outs, rounds
 
 
-def run(dims: list[int], alphas: list[float], eps: float) -> list[dict]:
+def run(dims: list[int], alphas: list[float], eps: float, reps: int | None = None
+        ) -> list[dict]:
     rule = Energy(eps)
     rows = []
     for d in dims:
@@ -57,15 +67,21 @@ def run(dims: list[int], alphas: list[float], eps: float) -> list[dict]:
             # the statistic as SecondMoments stores it by default (float32); eigh_desc makes
             # its float64 copy inside the timed call
             C = covariance(d, alpha).float()
-            reps = 1 if d >= 8192 else 3
-            t64, (ev, V) = _time(lambda: ref.eigh_desc(C), reps)
+            n = reps if reps is not None else (1 if d >= 8192 else 5)
+            med, out, rounds = _interleaved({
+                "eigh64": lambda: ref.eigh_desc(C),
+                "eigh32": lambda: torch.linalg.eigh(C.float()),
+                "fast": lambda: spectral.fast_core(C, rule)}, n)
+            ev, V = out["eigh64"]
+            core = out["fast"]
             r64 = rule.rank(ev)
-            t32, _ = _time(lambda: torch.linalg.eigh(C.float()), reps)
-            tf, core = _time(lambda: spectral.fast_core(C, rule), reps)
+            per_round = sorted(r["eigh64"] / r["fast"] for r in rounds)
             rows.append({
-                "d": d, "alpha": alpha, "eps": eps,
-                "eigh64_s": t64, "eigh32_s": t32, "fast_s": tf,
-                "speedup_vs_eigh64": t64 / tf, "speedup_vs_eigh32": t32 / tf,
+                "d": d, "alpha": alpha, "eps": eps, "reps": n,
+                "eigh64_s": med["eigh64"], "eigh32_s": med["eigh32"], "fast_s": med["fast"],
+                "speedup_vs_eigh64": med["eigh64"] / med["fast"],
+                "speedup_vs_eigh32": med["eigh32"] / med["fast"],
+                "speedup_vs_eigh64_per_round": per_round,
                 "rank_exact": r64, "rank_fast": core.rank, "route": core.method,
                 "rank_excess_pct": 100.0 * (core.rank - r64) / max(r64, 1),
                 "energy_exact_core": spectral.retained_energy(C, V[:, :r64]),
@@ -79,12 +95,13 @@ def markdown(rows: list[dict], info: dict) -> str:
     out = [f"# Basis step: fast method vs eigh (CPU, {info['torch_threads']} threads)", "",
            f"{info['cpu_model']}; torch {info['torch']}; commit {info['git_commit'][:10]};"
            f" load average at start {info.get('loadavg_start')}", "",
-           "| d | alpha | eigh fp64 (s) | eigh fp32 (s) | fast (s) | vs fp64 | vs fp32 |"
-           " rank exact / fast | energy kept (fast) | route |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+           "| d | alpha | eigh fp64 (s) | eigh fp32 (s) | fast (s) | vs fp64 | vs fp64, each"
+           " round | vs fp32 | rank exact / fast | energy kept (fast) | route |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         out.append(f"| {r['d']} | {r['alpha']} | {r['eigh64_s']:.2f} | {r['eigh32_s']:.2f} |"
                    f" {r['fast_s']:.2f} | {r['speedup_vs_eigh64']:.1f}x |"
+                   f" {' '.join(f'{x:.1f}' for x in r['speedup_vs_eigh64_per_round'])} |"
                    f" {r['speedup_vs_eigh32']:.1f}x | {r['rank_exact']} / {r['rank_fast']} |"
                    f" {r['energy_fast_core']:.5f} | {r['route']} |")
     return "\n".join(out) + "\n"
@@ -95,10 +112,12 @@ def main() -> None:
     p.add_argument("--dims", type=int, nargs="+", default=[1024, 2048, 4096])
     p.add_argument("--alphas", type=float, nargs="+", default=[2.0, 1.5])
     p.add_argument("--eps", type=float, default=0.99)
+    p.add_argument("--reps", type=int, default=None,
+                   help="rounds per cell (default 5, 1 at d >= 8192)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     info = machine_info(torch.device("cpu"))
-    rows = run(args.dims, args.alphas, args.eps)
+    rows = run(args.dims, args.alphas, args.eps, args.reps)
     md = markdown(rows, info)
     print(md)
     if args.out:

@@ -161,7 +161,8 @@ def test_basis_benchmark_smoke():
     C = covariance(64, 2.0)
     torch.testing.assert_close(C, C.mT)
     assert torch.linalg.eigvalsh(C).min() > 0
-    rows = run([64], [2.0], 0.99)
+    rows = run([64], [2.0], 0.99, reps=2)
+    assert len(rows[0]["speedup_vs_eigh64_per_round"]) == 2
     assert rows[0]["rank_fast"] >= rows[0]["rank_exact"]
     assert "| 64 | 2.0 |" in markdown(rows, {"torch_threads": 1, "cpu_model": "x", "torch": "t",
                                              "git_commit": "0" * 10})
