@@ -133,6 +133,8 @@ def test_bad_config_keys_are_refused(tmp_path, capsys):
     ("[methods.unsc]\nmode = 'fast'\n", "mode must be 'sample' or 'token'"),
     ("[methods.unsc]\npseudo_min_prob = 2\n", "pseudo_min_prob must be a number in [0, 1]"),
     ("[methods.idk]\nretain_weight = -1\n", "retain_weight must be a number >= 0"),
+    ("[methods.unsc]\nretain_weight = -0.5\n", "[methods.unsc] retain_weight must be a number"
+     " >= 0"),
     ("quiet = 'yes'\n", "quiet must be true or false"),
     ("cache_dir = 3\n", "cache_dir must be a directory path"),
     ("device = 0\n", "device must be cpu, cuda or cuda:N"),

@@ -151,3 +151,13 @@ def test_layers_choose_the_covered_modules(task):
         for n, p in res.model.named_parameters():
             if n.startswith("model.layers.0."):
                 assert torch.equal(p, before[n]), f"{method} moved {n}"
+
+
+def test_unsc_retain_weight_reaches_unlearn_lm(task):
+    off = M.run_method("unsc", task)
+    on = M.run_method("unsc", task, retain_weight=2.0)
+    assert off.info["retain_weight"] == 0.0 and off.info["retain_loss"] == []
+    assert on.info["retain_weight"] == 2.0
+    assert len(on.info["retain_loss"]) == len(on.info["epoch_loss"]) >= 1
+    assert any(not torch.equal(a, b) for a, b in zip(on.model.state_dict().values(),
+                                                       off.model.state_dict().values()))

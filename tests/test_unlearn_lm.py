@@ -188,10 +188,14 @@ def _bad_cases(forget):
         (dict(method="svd"), "method"),
         (dict(forget=iter(forget)), "re-iterable"),
         (dict(layers=["model.nothing"]), "nothing"),
+        (dict(retain_weight=-1.0), "retain_weight"),
+        (dict(retain_weight=float("nan")), "retain_weight"),
+        (dict(retain_weight=True), "retain_weight"),
+        (dict(retain_weight="1"), "retain_weight"),
     ]
 
 
-@pytest.mark.parametrize("case", range(15))
+@pytest.mark.parametrize("case", range(19))
 def test_bad_input_raises_before_any_state_change(data, case):
     retain, forget, holdout = data
     kwargs, match = _bad_cases(forget)[case]
@@ -243,3 +247,100 @@ def test_pseudo_min_prob_keeps_one_token_per_sequence(data):
     for bad in (-0.1, 1.5, True, "0.1"):
         with pytest.raises(ValueError, match="pseudo_min_prob"):
             unsc_fast.unlearn_lm(model, forget, retain, pseudo_min_prob=bad, **EXACT)
+
+
+def test_retain_weight_without_retain_data_is_refused_even_with_bases(data):
+    retain, forget, _ = data
+    model = llama()
+    bases = unsc_fast.unlearn_lm(model, forget, retain, **EXACT).bases
+    with pytest.raises(ValueError, match="retain_weight > 0 needs retain data"):
+        unsc_fast.unlearn_lm(model, forget, bases=bases, retain_weight=1.0,
+                             **{k: v for k, v in EXACT.items() if k not in ("rule", "method")})
+
+
+def test_retain_term_needs_labelled_retain_batches_before_any_work(data):
+    retain, forget, _ = data
+    model = llama()
+    state = _state(model)
+    unlabelled = [{k: v for k, v in b.items() if k != "labels"} for b in retain]
+    unsc_fast.unlearn_lm(model, forget, unlabelled, **EXACT)      # fine without the term
+    watched = _Watched(forget)
+    with pytest.raises(ValueError, match="retain batch 0 lacks"):
+        unsc_fast.unlearn_lm(model, watched, unlabelled, retain_weight=1.0, **EXACT)
+    assert not watched.read, "the forget data was read before the retain batches' check"
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k])
+
+
+def _rows(batch):
+    """One batch per sequence of ``batch``."""
+    return [{k: v[i:i + 1] for k, v in batch.items()} for i in range(len(batch["input_ids"]))]
+
+
+def test_retain_term_steps_by_hand(data):
+    """Two steps with ``retain_weight`` w are the projected SGD steps on (pseudo-label CE of
+    forget batch t + w x the mean answer NLL of retain batch t), t = 0, 1, with the run's own
+    bases: the retain batches are read in order, one per step. At ``energy:0.9`` the retain
+    inputs keep a residual outside the kept span, so the term moves the weights (at
+    ``energy:1`` its projected gradient would be 0)."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from unsc_fast.unlearn_lm import answer_mask
+    retain, forget, _ = data
+    retain = _rows(retain[0])                     # 3 batches of one sequence
+    model = llama(torch.float64)
+    w, lr = 3.0, 0.5
+    kw = dict(EXACT, rule="energy:0.9", lr=lr, max_steps=2, epochs=1)
+    res = unsc_fast.unlearn_lm(model, forget, retain, retain_weight=w, **kw)
+    plain = unsc_fast.unlearn_lm(model, forget, retain, **kw)
+    assert res.report.steps == 2
+
+    def ce(m, b, targets):
+        out = m(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        pos = answer_mask(b["labels"])
+        return F.cross_entropy(out[:, :-1][pos], targets[:, 1:][pos])
+
+    ref = copy.deepcopy(model)
+    params = freeze_for_unlearning(ref, res.bases)
+    r_losses = []
+    with ProjectedSGD(ref, params, res.bases, lr) as opt:
+        for f, r in zip(forget[:2], retain[:2]):
+            with torch.no_grad():
+                pseudo = lm_pseudo_labels(model(input_ids=f["input_ids"],
+                                                attention_mask=f["attention_mask"]).logits,
+                                          f["labels"])
+            r_loss = ce(ref, r, r["labels"])
+            r_losses.append(r_loss.item())
+            opt.step(ce(ref, f, pseudo) + w * r_loss, 0)
+    got, want, base = res.model.state_dict(), ref.state_dict(), plain.model.state_dict()
+    moved = 0.0
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-9, atol=1e-12, msg=k)
+        moved = max(moved, (got[k] - base[k]).abs().max().item())
+    assert moved > 1e-6, "the retain term did not move any weight"
+    assert res.report.retain_weight == w and plain.report.retain_weight == 0.0
+    assert res.report.retain_loss == pytest.approx([sum(r_losses) / 2], rel=1e-9)
+    assert plain.report.retain_loss == []
+
+
+def test_retain_term_cycles_the_retain_batches_and_lowers_their_loss(data):
+    """More steps than retain batches: the stream wraps around; with the term the retained
+    answers' loss ends lower than without it (same forget push, same bases)."""
+    retain, forget, holdout = data
+    retain = _rows(retain[0])
+    model = llama(torch.float64)
+    kw = dict(EXACT, rule="energy:0.9", lr=0.5, epochs=3, max_steps=None)
+    on = unsc_fast.unlearn_lm(model, forget, retain, retain_weight=5.0, **kw)
+    off = unsc_fast.unlearn_lm(model, forget, retain, bases=on.bases,
+                               **{k: v for k, v in kw.items() if k not in ("rule", "method")})
+    assert on.report.steps == off.report.steps == 3 * len(forget) > len(retain)
+    assert len(on.report.retain_loss) == 3
+
+    def retain_nll(m):
+        with torch.no_grad():
+            return sum(answer_nll(m(input_ids=b["input_ids"],
+                                    attention_mask=b["attention_mask"]).logits,
+                                  b["labels"]).sum().item() for b in retain)
+    assert retain_nll(on.model) < retain_nll(off.model)

@@ -20,6 +20,13 @@ below its target, and the run stops once no sequence moved for a whole epoch.
 ``mode="token"`` is the paper's rule without the guard: every answer token towards its
 pseudo-label for every epoch.
 
+Optional retain term (``retain_weight`` > 0, default 0 = the paper's UNSC): each step also
+descends ``retain_weight`` x the answer NLL of the next retain batch, through the same
+projection. The projection keeps what D_r's inputs span with energy ε; the forget push harms
+the retained answers only through the remaining 1 - ε, and that is the only part of the
+retain gradient the projection lets through, so the term repairs the harm where it happens
+(issue #14: grids in docs/reproduction.md, "Language models").
+
 Which loss pushes a sequence in ``"sample"`` mode (``loss=``): ``"ascent"`` (default) is
 the classifier sample mode's rule, ``log(target) - log(answer loss)``, which raises the true
 tokens' loss without choosing where the probability goes; ``"pseudo"`` is the paper's
@@ -80,6 +87,9 @@ class LMUnlearnReport(UnlearnReport):
     mode: str = "sample"
     loss: str = "ascent"
     pushed_tokens: int = 0        # answer tokens given a pseudo-label (``pseudo_min_prob``)
+    retain_weight: float = 0.0    # weight of the projected retain term (0: none)
+    # its mean answer NLL per epoch (``epoch_loss`` then holds forget loss + the term)
+    retain_loss: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -276,8 +286,14 @@ def _answer_losses(model: nn.Module, data: Iterable, what: str, vocab, device) -
 
 
 def _check_args(forget, retain, holdout, bases, layers_, rule, method, mode, loss, lr, epochs,
-                max_steps, max_retain_tokens):
+                max_steps, max_retain_tokens, retain_weight=0.0):
     helpers.check_sgd_args(lr, epochs, forget=forget, retain=retain, holdout=holdout)
+    if isinstance(retain_weight, bool) or not isinstance(retain_weight, (int, float)) \
+            or not math.isfinite(retain_weight) or retain_weight < 0:
+        raise ValueError(f"retain_weight must be a finite number >= 0, got {retain_weight!r}")
+    if retain_weight > 0 and retain is None:
+        raise ValueError("retain_weight > 0 needs retain data with answer labels (its answer"
+                         " loss is the retain term), also when bases are given")
     for name, v in (("max_steps", max_steps), ("max_retain_tokens", max_retain_tokens)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise ValueError(f"{name} must be a positive integer or None, got {v!r}")
@@ -307,7 +323,8 @@ def unlearn_lm(model: nn.Module, forget: Iterable, retain: Iterable | None = Non
                method: str = "fast", layers: Iterable[str] | str | None = None,
                holdout: Iterable | None = None, mode: str = "sample", loss: str = "ascent",
                lr: float = 0.05, epochs: int = 10, max_steps: int | None = None,
-               pseudo_min_prob: float = 0.0, max_retain_tokens: int | None = None,
+               pseudo_min_prob: float = 0.0, retain_weight: float = 0.0,
+               max_retain_tokens: int | None = None,
                stats_dtype: torch.dtype = torch.float32, seed: int = 0,
                backend: str | None = None, progress: bool = True) -> LMUnlearnResult:
     """Make a causal LM forget the answers of ``forget`` while keeping ``retain``'s.
@@ -340,6 +357,15 @@ def unlearn_lm(model: nn.Module, forget: Iterable, retain: Iterable | None = Non
             least this probability (and each sequence's most plausible one); 0 (default) =
             every answer token, the paper's rule. Used by ``loss="pseudo"`` and
             ``mode="token"``.
+        retain_weight: weight of a retain term (default 0: none, the paper's UNSC). When
+            > 0, every step also reads the next batch of ``retain`` (cycled; it then needs
+            ``labels`` with answer tokens) and adds ``retain_weight`` x its answer NLL (mean
+            over its answer tokens) to the forget loss; the sum's gradient is projected as
+            usual. The projection already removes what the retained inputs span; what it
+            lets through is the low-energy part (1 - ε of D_r's energy) the retained data
+            still uses, and the retain term's projected gradient acts on that same part: it
+            descends the retain loss exactly where the forget push can harm it. The steps
+            and the stopping rule are the forget set's, as without it.
         max_retain_tokens: cap on the D_r tokens entering the statistics.
         stats_dtype: accumulation dtype of the statistics (float64 for tests).
         seed: seeds torch's RNG inside the run (the caller's RNG state is restored).
@@ -353,7 +379,7 @@ def unlearn_lm(model: nn.Module, forget: Iterable, retain: Iterable | None = Non
     ``FloatingPointError`` if the loss or the final outputs turn NaN/Inf.
     """
     rule = _check_args(forget, retain, holdout, bases, layers, rule, method, mode, loss, lr,
-                       epochs, max_steps, max_retain_tokens)
+                       epochs, max_steps, max_retain_tokens, retain_weight)
     if isinstance(pseudo_min_prob, bool) or not isinstance(pseudo_min_prob, (int, float)) \
             or not 0.0 <= pseudo_min_prob <= 1.0:
         raise ValueError(f"pseudo_min_prob must be a number in [0, 1], got {pseudo_min_prob!r}")
@@ -363,9 +389,15 @@ def unlearn_lm(model: nn.Module, forget: Iterable, retain: Iterable | None = Non
         layers = _layer_names(model, layers)
     device = helpers.model_device(model)
     vocab = _vocab_size(model)
+    if retain_weight > 0:    # the retain term reads labels: check them before any work
+        n = 0
+        for n, batch in enumerate(retain, 1):
+            check_lm_batch(batch, n - 1, "retain", vocab)
+        if n == 0:
+            raise ValueError("the retain data is empty")
     if mode == "token":
         loss = "pseudo"          # the paper's rule: every answer token to its pseudo-label
-    report = LMUnlearnReport(mode=mode, loss=loss)
+    report = LMUnlearnReport(mode=mode, loss=loss, retain_weight=float(retain_weight))
     was = model.training
     model.eval()
     try:
@@ -391,7 +423,9 @@ def unlearn_lm(model: nn.Module, forget: Iterable, retain: Iterable | None = Non
                                  backend=backend, progress=progress, report=report)
             report.record_bases(bases)
             unlearned = _train(model, forget, bases, labels, report, lr, epochs, max_steps,
-                               mode, loss, backend, progress, device)
+                               mode, loss, backend, progress, device,
+                               retain if retain_weight > 0 else None, float(retain_weight),
+                               vocab)
     finally:
         model.train(was)
     check_finite_outputs(unlearned, labels.probe, lr, epochs)
@@ -457,8 +491,27 @@ def _sequence_loss(logits: torch.Tensor, lab: torch.Tensor, pseudo: torch.Tensor
     return value.to(logits.dtype), int(active.sum())
 
 
+def _retain_stream(retain: Iterable, vocab: int | None) -> Iterator[dict]:
+    """The retain batches, checked (labels needed) and cycled for the retain term."""
+    i = 0
+    while True:
+        empty = True
+        for batch in retain:
+            empty = False
+            yield check_lm_batch(batch, i, "retain", vocab)
+            i += 1
+        if empty:
+            raise ValueError("the retain data is empty")
+
+
+def _mean_answer_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The mean NLL over every answer token of the batch (Hugging Face's ``.loss``)."""
+    pos = answer_mask(labels)
+    return F.cross_entropy(logits[:, :-1][pos], labels[:, 1:][pos])
+
+
 def _train(original, forget, bases, labels, report, lr, epochs, max_steps, mode, loss, backend,
-           progress, device) -> nn.Module:
+           progress, device, retain=None, retain_weight=0.0, vocab=None) -> nn.Module:
     unlearned = copy.deepcopy(original)
     params = freeze_for_unlearning(unlearned, bases)
     if not params:
@@ -466,10 +519,11 @@ def _train(original, forget, bases, labels, report, lr, epochs, max_steps, mode,
     unlearned.eval()   # no dropout anywhere: the bases describe the clean inputs
     bases = bases.to(device=device, dtype=params[0].dtype)
     t = time.perf_counter()
+    stream = _retain_stream(retain, vocab) if retain is not None else None
     with helpers.progress(range(epochs), progress and epochs > 1, "unlearning") as bar, \
             ProjectedSGD(unlearned, params, bases, lr, backend=backend) as opt:
         for epoch in bar:
-            total, count, moving = 0.0, 0, 0
+            total, count, moving, r_total, r_steps = 0.0, 0, 0, 0.0, 0
             for b in forget:          # checked by the labelling pass
                 if max_steps is not None and report.steps >= max_steps:
                     break
@@ -484,6 +538,13 @@ def _train(original, forget, bases, labels, report, lr, epochs, max_steps, mode,
                                       device=device)
                 value, n_active = _sequence_loss(_logits(unlearned, b, device), lab, pseudo,
                                                  target, mode, loss)
+                if stream is not None:
+                    r = next(stream)
+                    r_loss = _mean_answer_nll(_logits(unlearned, r, device),
+                                              r["labels"].to(device))
+                    r_total += r_loss.item()
+                    r_steps += 1
+                    value = value + retain_weight * r_loss.to(value.dtype)
                 total += opt.step(value, epoch) * len(lab)
                 count += len(lab)
                 moving += n_active
@@ -491,6 +552,8 @@ def _train(original, forget, bases, labels, report, lr, epochs, max_steps, mode,
             if count == 0:
                 break
             report.epoch_loss.append(total / count)
+            if stream is not None:
+                report.retain_loss.append(r_total / r_steps)
             if mode == "sample":
                 report.active.append(moving / count)
                 if moving == 0:

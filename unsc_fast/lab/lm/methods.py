@@ -292,7 +292,7 @@ def retrain(task: LMTask) -> MethodResult:
 def unsc(task: LMTask, lr: float = 0.4, epochs: int | None = None, mode: str | None = None,
          loss: str = "ascent", max_steps: int | None = None,
          pseudo_min_prob: float = 0.0, head: bool = True,
-         layers: list[str] | None = None) -> MethodResult:
+         layers: list[str] | None = None, retain_weight: float = 0.0) -> MethodResult:
     """UNSC (:func:`unsc_fast.unlearn_lm`): ``mode`` default ``"sample"`` when the task has
     held-out data, else ``"token"``. ``head`` (default True) also projects and trains the
     (untied) output head on its own basis (its input: the final hidden states); ``layers``
@@ -310,11 +310,14 @@ def unsc(task: LMTask, lr: float = 0.4, epochs: int | None = None, mode: str | N
     In ``token`` mode ``loss`` is ignored (pseudo-labels: the paper's rule). Under the
     issue's stricter bar (utility >= 0.99 x the original's) the tuned setting is instead
     ``layers=["model.layers.1.*"], head=True``, ε 0.995, lr 0.8 (the last block and the
-    head only; specific to that 2-layer model: examples/lm_tofu_forget05_utility99.toml)."""
+    head only; specific to that 2-layer model: examples/lm_tofu_forget05_utility99.toml).
+    ``retain_weight`` > 0 adds :func:`unsc_fast.unlearn_lm`'s projected retain term (one
+    retain batch per step, as the baselines' retain terms); default 0, the paper's UNSC."""
     bases, secs = _bases(task, head, layers)
     mode = mode or ("sample" if task.holdout is not None else "token")
     loss = "pseudo" if mode == "token" else loss
-    res = unlearn_lm(task.model, task.forget, bases=bases, lr=lr,
+    res = unlearn_lm(task.model, task.forget, task.retain if retain_weight > 0 else None,
+                     bases=bases, lr=lr, retain_weight=retain_weight,
                      epochs=task.epochs if epochs is None else epochs,
                      max_steps=task.max_steps if max_steps is None else max_steps,
                      holdout=task.holdout if mode == "sample" else None, mode=mode, loss=loss,
@@ -324,7 +327,8 @@ def unsc(task: LMTask, lr: float = 0.4, epochs: int | None = None, mode: str | N
                                     "unlearn": r.time_unlearn},
                         {"steps": r.steps, "epoch_loss": r.epoch_loss, "active": r.active,
                          "mode": mode, "ranks": r.ranks, "dims": r.dims,
-                         "pushed_tokens": r.pushed_tokens, "forget_tokens": r.forget_tokens},
+                         "pushed_tokens": r.pushed_tokens, "forget_tokens": r.forget_tokens,
+                         "retain_weight": r.retain_weight, "retain_loss": r.retain_loss},
                         res.bases)
 
 
@@ -405,18 +409,21 @@ def idk(task: LMTask, lr: float = 1e-3, retain_weight: float = 1.0, weight_decay
 @register("idk_proj")
 def idk_proj(task: LMTask, lr: float = 0.1, epochs: int | None = None,
              max_steps: int | None = None, head: bool = False,
-             layers: list[str] | None = None) -> MethodResult:
+             layers: list[str] | None = None, retain_weight: float = 0.0) -> MethodResult:
     """IDK answers inside UNSC's null space (UNSC's bases, parameters and projected plain
     SGD, IDK labels instead of pseudo-labels, no stopping): the ablation of UNSC's labels.
-    ``head`` and ``layers`` as in :func:`unsc` (default: the projections, no head). lr 0.1: the tuned value on the TOFU-style
-    task (the highest forget quality with model utility >= 0.95 x the original's; every
-    lr >= 0.3 fell below that utility, with or without the head)."""
+    ``head`` and ``layers`` as in :func:`unsc` (default: the projections, no head). lr 0.1:
+    the tuned value on the TOFU-style task (the highest forget quality with model utility >= 0.95 x the original's; every
+    lr >= 0.3 fell below that utility, with or without the head). ``retain_weight`` > 0 adds
+    the retain answer NLL (one retain batch per step), projected too, as
+    ``unsc(retain_weight=)`` does."""
     bases, secs = _bases(task, head, layers)
     model = copy.deepcopy(task.model)
     params = freeze_for_unlearning(model, bases)
     moved = bases.to(device=params[0].device, dtype=params[0].dtype)
-    info = _fit(task, model, ProjectedSGD(model, params, moved, lr), _idk_loss(task, model),
-                epochs, max_steps)
+    forget, retain = _idk_loss(task, model), _retain_term(task, model, retain_weight)
+    info = _fit(task, model, ProjectedSGD(model, params, moved, lr),
+                lambda b: forget(b) + retain(), epochs, max_steps)
     res = _result(model, info, bases)
     res.times["bases"] = secs
     return res
