@@ -413,10 +413,10 @@ def idk_proj(task: LMTask, lr: float = 0.1, epochs: int | None = None,
     """IDK answers inside UNSC's null space (UNSC's bases, parameters and projected plain
     SGD, IDK labels instead of pseudo-labels, no stopping): the ablation of UNSC's labels.
     ``head`` and ``layers`` as in :func:`unsc` (default: the projections, no head). lr 0.1:
-    the tuned value on the TOFU-style task (the highest forget quality with model utility >= 0.95 x the original's; every
-    lr >= 0.3 fell below that utility, with or without the head). ``retain_weight`` > 0 adds
-    the retain answer NLL (one retain batch per step), projected too, as
-    ``unsc(retain_weight=)`` does."""
+    the tuned value on the TOFU-style task (the highest forget quality with model utility
+    >= 0.95 x the original's; every lr >= 0.3 fell below that utility, with or without the
+    head). ``retain_weight`` > 0 adds the retain answer NLL (one retain batch per step),
+    projected too, as ``unsc(retain_weight=)`` does."""
     bases, secs = _bases(task, head, layers)
     model = copy.deepcopy(task.model)
     params = freeze_for_unlearning(model, bases)
