@@ -12,7 +12,7 @@ kept in by default. The three methods run in turn, 5 rounds per cell (one at d >
 a float64 eigh takes minutes), and each time is the median over rounds: at d = 4096 single
 runs of the fast method spread by +-20 % on a quiet 2-core machine, and the machine's speed
 drifts within minutes, so every method is timed under the same drift. The table also lists
-the speed-up of each round.
+the speed-up of each round, in round order.
 """
 from __future__ import annotations
 
@@ -43,15 +43,19 @@ def covariance(d: int, alpha: float, seed: int = 0) -> torch.Tensor:
 
 
 def _interleaved(fns: dict, reps: int) -> tuple[dict, dict, list[dict]]:
-    """Run the methods in turn, ``reps`` rounds: a shared machine's speed drifts by +-20 %
-    within minutes, and a round-robin puts every method under the same drift. Returns the
-    median time and last output per method, and each round's times."""
-    rounds, outs = [], {}
-    for _ in range(reps):
+    """Run the methods in turn, ``reps`` rounds, the order rotated each round: a shared
+    machine's speed drifts by +-20 % within minutes, and a round-robin puts every method
+    under the same drift (and after each other method alike). Returns the median time and
+    last output per method, and each round's times, in round order."""
+    if reps < 1:
+        raise ValueError(f"reps must be >= 1, got {reps}")
+    rounds, outs, names = [], {}, list(fns)
+    for i in range(reps):
         times = {}
-        for name, fn in fns.items():
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            outs.pop(name, None)          # the previous round's d x d result: not kept alive
             t = time.perf_counter()
-            outs[name] = fn()
+            outs[name] = fns[name]()
             times[name] = time.perf_counter() - t
         rounds.append(times)
     med = {name: statistics.median(r[name] for r in rounds) for name in fns}
@@ -75,7 +79,7 @@ def run(dims: list[int], alphas: list[float], eps: float, reps: int | None = Non
             ev, V = out["eigh64"]
             core = out["fast"]
             r64 = rule.rank(ev)
-            per_round = sorted(r["eigh64"] / r["fast"] for r in rounds)
+            per_round = [r["eigh64"] / r["fast"] for r in rounds]
             rows.append({
                 "d": d, "alpha": alpha, "eps": eps, "reps": n,
                 "eigh64_s": med["eigh64"], "eigh32_s": med["eigh32"], "fast_s": med["fast"],

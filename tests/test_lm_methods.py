@@ -161,3 +161,11 @@ def test_unsc_retain_weight_reaches_unlearn_lm(task):
     assert len(on.info["retain_loss"]) == len(on.info["epoch_loss"]) >= 1
     assert any(not torch.equal(a, b) for a, b in zip(on.model.state_dict().values(),
                                                        off.model.state_dict().values()))
+
+
+@pytest.mark.parametrize("method", ["grad_diff", "npo", "idk", "idk_proj"])
+@pytest.mark.parametrize("weight", [-1.0, float("nan"), True, "1"])
+def test_a_bad_retain_weight_is_refused_before_any_work(task, method, weight, monkeypatch):
+    monkeypatch.setattr(M, "_bases", lambda *a: pytest.fail("bases built before the check"))
+    with pytest.raises(ValueError, match="retain_weight"):
+        M.run_method(method, task, retain_weight=weight)

@@ -169,8 +169,8 @@ def test_basis_benchmark_smoke():
 
 
 def test_krylov_core_grows_until_its_measured_energy_reaches_eps(monkeypatch):
-    """The Ritz values only pick the first guess; the returned core's energy is measured. A rank
-    read too low (here forced 3 below, as float32 round-off could) is grown back."""
+    """The growth step guards the first guess: a rank read too low from the Ritz values (here
+    forced 3 below) is grown back until the core's energy reaches ε."""
     rank_from_head = spectral._rank_from_head
 
     def too_low(*args):

@@ -344,3 +344,46 @@ def test_retain_term_cycles_the_retain_batches_and_lowers_their_loss(data):
                                     attention_mask=b["attention_mask"]).logits,
                                   b["labels"]).sum().item() for b in retain)
     assert retain_nll(on.model) < retain_nll(off.model)
+
+
+class _Recorded:
+    """Re-iterable batches that record the index of every batch read, one list per pass."""
+
+    def __init__(self, items):
+        self.items, self.passes = items, []
+
+    def __iter__(self):
+        self.passes.append([])
+        for i, b in enumerate(self.items):
+            self.passes[-1].append(i)
+            yield b
+
+
+def test_retain_term_reads_the_retain_batches_in_order_and_wraps_around(data):
+    """One pass checks the labels up front; then one retain batch per step, in order, the
+    stream wrapping round (not restarting each epoch): 4 steps over 3 batches = 0 1 2 0."""
+    retain, forget, _ = data
+    model = llama(torch.float64)
+    bases = unsc_fast.unlearn_lm(model, forget, retain, **EXACT).bases
+    rec = _Recorded(_rows(retain[0]))
+    kw = {k: v for k, v in EXACT.items() if k not in ("rule", "method")}
+    kw.update(epochs=2, max_steps=None)              # 2 epochs x 2 forget batches = 4 steps
+    res = unsc_fast.unlearn_lm(model, forget, rec, bases=bases, retain_weight=1.0, **kw)
+    assert res.report.steps == 4
+    assert rec.passes[0] == [0, 1, 2]                # the up-front check
+    assert sum(rec.passes[1:], []) == [0, 1, 2, 0]
+
+
+def test_sample_mode_with_a_retain_term_stops_on_the_forget_sets_rule(data):
+    """Held-out data equal to the forget set: no forget sequence moves, so the run stops after
+    one epoch, as without the term; that epoch still takes its retain steps (documented), so
+    the weights move by the projected retain gradient alone."""
+    retain, forget, _ = data
+    retain = _rows(retain[0])
+    model = llama(torch.float64)
+    res = unsc_fast.unlearn_lm(model, forget, retain, holdout=forget, lr=1.0, epochs=3,
+                               retain_weight=5.0, rule="energy:0.9", progress=False)
+    assert res.report.active == [0.0] and len(res.report.retain_loss) == 1
+    assert res.report.steps == len(forget)
+    assert any(not torch.equal(p, q) for p, q in zip(res.model.parameters(),
+                                                      model.parameters()))

@@ -26,11 +26,13 @@ Why the protection cannot be weaker than the exact rule's: Ritz values are Rayle
 quotients of orthonormal vectors and interlace below the true eigenvalues (θ_i ≤ λ_i), so
 the energy the first r Ritz vectors hold is at most that of the top r eigenvectors; the rank
 picked from the Ritz values is therefore never below the exact rank (and, the Krylov spaces
-being nested, it only falls as the space grows), and the energy the chosen core retains is
-then measured (float64 sums of its float32 Rayleigh quotients; on the Krylov route these
-are the Ritz values themselves, θᵢ = sᵢᵀ T sᵢ) and r grown until it reaches ε. When the core
-needs more than d/3 (subspace) or the Krylov space more than d/2, the method falls back to a
-float32 ``eigh`` with the same float64 energy check.
+being nested, it only falls as the space grows). The energy the chosen core retains is the
+float64 sum of its vectors' float32 Rayleigh quotients: on the Krylov route these are the
+Ritz values themselves (θᵢ = sᵢᵀ T sᵢ), so the rank read from them already reaches ε and the
+growth step below only guards a first guess read otherwise; the subspace route and the
+fallback recompute the quotients uᵢᵀ C uᵢ and grow r until they reach ε. When the core needs
+more than d/3 (subspace) or the Krylov space more than d/2, the method falls back to a float32
+``eigh``.
 :func:`unsc_fast.reference.eigh_desc` (float64) stays the reference.
 """
 from __future__ import annotations

@@ -169,7 +169,8 @@ class ProjectedSGD:
         if not math.isfinite(value):
             raise FloatingPointError(
                 f"the unlearning loss became {value} in epoch {epoch} (lr={self.lr}); lower lr"
-                " or check D_f for NaN/Inf. The original model is unchanged")
+                " or check the data (D_f, and D_r where a retain term reads it) for NaN/Inf."
+                " The original model is unchanged")
         if not loss.requires_grad:
             return value
         self.optimizer.zero_grad(set_to_none=True)

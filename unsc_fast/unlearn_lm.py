@@ -334,7 +334,8 @@ def unlearn_lm(model: nn.Module, forget: Iterable, retain: Iterable | None = Non
             untouched (a copy is unlearned).
         forget: re-iterable batches (dicts of ``input_ids``, ``attention_mask``, ``labels``,
             see the module docstring) of D_f; every sequence needs an answer token.
-        retain: batches of D_r (``labels`` optional, ignored); needed unless ``bases``.
+        retain: batches of D_r; needed unless ``bases``. ``labels`` are ignored unless
+            ``retain_weight`` > 0.
         bases: precomputed bases (skips the statistics; ``rule``, ``method``, ``layers``
             then unused).
         rule: the rank rule (spec § 1.2), default the paper's ε = 0.99.
@@ -365,7 +366,11 @@ def unlearn_lm(model: nn.Module, forget: Iterable, retain: Iterable | None = Non
             lets through is the low-energy part (1 - ε of D_r's energy) the retained data
             still uses, and the retain term's projected gradient acts on that same part: it
             descends the retain loss exactly where the forget push can harm it. The steps
-            and the stopping rule are the forget set's, as without it.
+            and the stopping rule are the forget set's, as without it; the term is added on
+            every step, also where the forget batch has nothing left to move, so in
+            ``"sample"`` mode the last epoch (the one in which no forget sequence moved, the
+            run's stop) still takes its retain steps. ``retain`` is read once more up front
+            to check its labels.
         max_retain_tokens: cap on the D_r tokens entering the statistics.
         stats_dtype: accumulation dtype of the statistics (float64 for tests).
         seed: seeds torch's RNG inside the run (the caller's RNG state is restored).
@@ -493,13 +498,11 @@ def _sequence_loss(logits: torch.Tensor, lab: torch.Tensor, pseudo: torch.Tensor
 
 def _retain_stream(retain: Iterable, vocab: int | None) -> Iterator[dict]:
     """The retain batches, checked (labels needed) and cycled for the retain term."""
-    i = 0
     while True:
         empty = True
-        for batch in retain:
+        for i, batch in enumerate(retain):   # i: the batch's index in the data, every cycle
             empty = False
             yield check_lm_batch(batch, i, "retain", vocab)
-            i += 1
         if empty:
             raise ValueError("the retain data is empty")
 
@@ -538,6 +541,8 @@ def _train(original, forget, bases, labels, report, lr, epochs, max_steps, mode,
                                       device=device)
                 value, n_active = _sequence_loss(_logits(unlearned, b, device), lab, pseudo,
                                                  target, mode, loss)
+                # also where nothing is left to move: the term keeps repairing what earlier
+                # pushes harmed (the results in docs/reproduction.md were run so)
                 if stream is not None:
                     r = next(stream)
                     r_loss = _mean_answer_nll(_logits(unlearned, r, device),

@@ -41,6 +41,7 @@ task with the hyperparameters.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -223,7 +224,15 @@ def _result(model: nn.Module, info: dict, bases=None) -> MethodResult:
     return MethodResult(finish_unlearning(model), {"unlearn": info.pop("seconds")}, info, bases)
 
 
+def _check_weight(weight: float) -> None:
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) \
+            or not math.isfinite(weight) or weight < 0:
+        raise ValueError(f"retain_weight must be a finite number >= 0, got {weight!r}")
+
+
 def _retain_term(task: LMTask, model: nn.Module, weight: float) -> Callable[[], torch.Tensor]:
+    """``weight`` x the answer NLL of the next retain batch (cycled); 0: no term."""
+    _check_weight(weight)
     if weight == 0:
         return lambda: 0.0
     stream = _cycle(task.retain)
@@ -417,6 +426,7 @@ def idk_proj(task: LMTask, lr: float = 0.1, epochs: int | None = None,
     >= 0.95 x the original's; every lr >= 0.3 fell below that utility, with or without the
     head). ``retain_weight`` > 0 adds the retain answer NLL (one retain batch per step),
     projected too, as ``unsc(retain_weight=)`` does."""
+    _check_weight(retain_weight)     # before the bases are built
     bases, secs = _bases(task, head, layers)
     model = copy.deepcopy(task.model)
     params = freeze_for_unlearning(model, bases)
