@@ -169,3 +169,11 @@ def test_a_bad_retain_weight_is_refused_before_any_work(task, method, weight, mo
     monkeypatch.setattr(M, "_bases", lambda *a: pytest.fail("bases built before the check"))
     with pytest.raises(ValueError, match="retain_weight"):
         M.run_method(method, task, retain_weight=weight)
+
+
+def test_idk_proj_retain_term_moves_the_model_and_is_reported(task):
+    off = M.run_method("idk_proj", task)
+    on = M.run_method("idk_proj", task, retain_weight=2.0)
+    assert off.info["retain_weight"] == 0.0 and on.info["retain_weight"] == 2.0
+    assert any(not torch.equal(a, b) for a, b in zip(on.model.state_dict().values(),
+                                                       off.model.state_dict().values()))

@@ -434,6 +434,7 @@ def idk_proj(task: LMTask, lr: float = 0.1, epochs: int | None = None,
     forget, retain = _idk_loss(task, model), _retain_term(task, model, retain_weight)
     info = _fit(task, model, ProjectedSGD(model, params, moved, lr),
                 lambda b: forget(b) + retain(), epochs, max_steps)
+    info["retain_weight"] = float(retain_weight)
     res = _result(model, info, bases)
     res.times["bases"] = secs
     return res
