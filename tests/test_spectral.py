@@ -123,6 +123,14 @@ def test_krylov_ranks_settle_from_above():
     torch.testing.assert_close(Q.mT @ Q, torch.eye(288, dtype=torch.float64), atol=1e-5, rtol=0)
     T = torch.triu(lz.T[:288, :288]).double()
     torch.testing.assert_close(T, torch.triu(Q.mT @ C @ Q), atol=1e-5, rtol=0)
+    # the block Lanczos relation C Q = Q T + V R E_lastᵀ, whose last term gives the Ritz
+    # pairs' residuals (the settling test): C u - θ u = V R s_last for u = Q s
+    full = T + torch.triu(T, 1).mT
+    V, R = lz.V.double(), lz.R.double()
+    gap = C @ Q - Q @ full
+    torch.testing.assert_close(gap[:, :-16], torch.zeros(600, 272, dtype=torch.float64),
+                               atol=1e-5, rtol=0)
+    assert float((gap[:, -16:] - V @ R).norm()) < 1e-2 * float(R.norm())   # |R| ~ 4e-4 here
 
 
 def test_floor_rule_is_refused():
