@@ -10,7 +10,8 @@ from collections.abc import Iterable, Iterator, Mapping
 import torch
 from torch import nn
 
-__all__ = ["model_device", "progress", "nonfinite_outputs", "check_sgd_args", "versions"]
+__all__ = ["model_device", "progress", "nonfinite_outputs", "check_sgd_args", "check_weight",
+           "cycle", "versions"]
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -64,6 +65,25 @@ def check_sgd_args(lr, epochs, **data) -> None:
     if isinstance(lr, bool) or not (isinstance(lr, (int, float)) and math.isfinite(lr)
                                     and lr > 0):
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+
+
+def check_weight(name: str, value) -> None:
+    """``value`` a finite number >= 0 (booleans refused), else a one-line ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def cycle(data: Iterable, what: str) -> Iterator:
+    """The batches of re-iterable ``data`` again and again (a retain term reads one per step,
+    for as many steps as the forget set takes); ``ValueError`` if ``data`` is empty."""
+    while True:
+        empty = True
+        for batch in data:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError(f"the {what} data is empty")
 
 
 def versions(*packages: str) -> dict[str, str]:

@@ -251,7 +251,9 @@ def unlearn(model: nn.Module, forget: Iterable, retain: Iterable | None = None, 
     Returns:
         ``UnlearnResult(model, bases, report)`` with the unlearned copy.
     """
-    helpers.check_sgd_args(lr, epochs, forget=forget)
+    # proximity reads retain for the statistics and again for the distances
+    proximity = mode == "sample" and calibration == "proximity"
+    helpers.check_sgd_args(lr, epochs, forget=forget, retain=retain if proximity else None)
     if relabel not in ("pseudo", "random"):
         raise ValueError(f"relabel must be 'pseudo' or 'random', got {relabel!r}")
     if mode not in ("paper", "sample"):
@@ -262,14 +264,9 @@ def unlearn(model: nn.Module, forget: Iterable, retain: Iterable | None = None, 
                          " (forget_classes=None) and relabel='pseudo'")
     if calibration not in ("proximity", "class"):
         raise ValueError(f"calibration must be 'proximity' or 'class', got {calibration!r}")
-    if mode == "sample" and calibration == "proximity":
-        if retain is None:
-            raise ValueError("mode='sample' with calibration='proximity' needs the retain data"
-                             " (distances to D_r); pass retain, or calibration='class'")
-        if iter(retain) is retain:   # read for the statistics and again for the distances
-            raise TypeError("retain data must be re-iterable (a DataLoader, a list of batches)"
-                            f" for calibration='proximity', not a one-shot"
-                            f" {type(retain).__name__}")
+    if proximity and retain is None:
+        raise ValueError("mode='sample' with calibration='proximity' needs the retain data"
+                         " (distances to D_r); pass retain, or calibration='class'")
     if forget_classes is not None:
         forget_classes = _class_ids(forget_classes)
     rule = parse_rule(rule)

@@ -288,9 +288,7 @@ def _answer_losses(model: nn.Module, data: Iterable, what: str, vocab, device) -
 def _check_args(forget, retain, holdout, bases, layers_, rule, method, mode, loss, lr, epochs,
                 max_steps, max_retain_tokens, retain_weight=0.0):
     helpers.check_sgd_args(lr, epochs, forget=forget, retain=retain, holdout=holdout)
-    if isinstance(retain_weight, bool) or not isinstance(retain_weight, (int, float)) \
-            or not math.isfinite(retain_weight) or retain_weight < 0:
-        raise ValueError(f"retain_weight must be a finite number >= 0, got {retain_weight!r}")
+    helpers.check_weight("retain_weight", retain_weight)
     if retain_weight > 0 and retain is None:
         raise ValueError("retain_weight > 0 needs retain data with answer labels (its answer"
                          " loss is the retain term), also when bases are given")
@@ -429,8 +427,7 @@ def unlearn_lm(model: nn.Module, forget: Iterable, retain: Iterable | None = Non
             report.record_bases(bases)
             unlearned = _train(model, forget, bases, labels, report, lr, epochs, max_steps,
                                mode, loss, backend, progress, device,
-                               retain if retain_weight > 0 else None, float(retain_weight),
-                               vocab)
+                               retain if retain_weight > 0 else None, float(retain_weight))
     finally:
         model.train(was)
     check_finite_outputs(unlearned, labels.probe, lr, epochs)
@@ -496,17 +493,6 @@ def _sequence_loss(logits: torch.Tensor, lab: torch.Tensor, pseudo: torch.Tensor
     return value.to(logits.dtype), int(active.sum())
 
 
-def _retain_stream(retain: Iterable, vocab: int | None) -> Iterator[dict]:
-    """The retain batches, checked (labels needed) and cycled for the retain term."""
-    while True:
-        empty = True
-        for i, batch in enumerate(retain):   # i: the batch's index in the data, every cycle
-            empty = False
-            yield check_lm_batch(batch, i, "retain", vocab)
-        if empty:
-            raise ValueError("the retain data is empty")
-
-
 def _mean_answer_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The mean NLL over every answer token of the batch (Hugging Face's ``.loss``)."""
     pos = answer_mask(labels)
@@ -514,7 +500,7 @@ def _mean_answer_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
 
 
 def _train(original, forget, bases, labels, report, lr, epochs, max_steps, mode, loss, backend,
-           progress, device, retain=None, retain_weight=0.0, vocab=None) -> nn.Module:
+           progress, device, retain=None, retain_weight=0.0) -> nn.Module:
     unlearned = copy.deepcopy(original)
     params = freeze_for_unlearning(unlearned, bases)
     if not params:
@@ -522,7 +508,8 @@ def _train(original, forget, bases, labels, report, lr, epochs, max_steps, mode,
     unlearned.eval()   # no dropout anywhere: the bases describe the clean inputs
     bases = bases.to(device=device, dtype=params[0].dtype)
     t = time.perf_counter()
-    stream = _retain_stream(retain, vocab) if retain is not None else None
+    # the retain batches were checked up front (unlearn_lm): cycled here as they are
+    stream = helpers.cycle(retain, "retain") if retain is not None else None
     with helpers.progress(range(epochs), progress and epochs > 1, "unlearning") as bar, \
             ProjectedSGD(unlearned, params, bases, lr, backend=backend) as opt:
         for epoch in bar:

@@ -41,15 +41,15 @@ task with the hyperparameters.
 from __future__ import annotations
 
 import copy
-import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ... import helpers
 from ...bases import NullSpace
 from ...unlearn import ProjectedSGD, finish_unlearning, freeze_for_unlearning
 from ...unlearn_lm import IGNORE, answer_mask, lm_bases, lm_layers, unlearn_lm
@@ -165,16 +165,6 @@ def _params(model: nn.Module, train_all: bool) -> list[nn.Parameter]:
     return out
 
 
-def _cycle(data: Iterable) -> Iterator[dict]:
-    while True:
-        empty = True
-        for b in data:
-            empty = False
-            yield b
-        if empty:
-            raise ValueError("the retain data is empty")
-
-
 class _Stepper:
     """AdamW on ``params`` behind the same ``step(loss, epoch)`` as :class:`ProjectedSGD`."""
 
@@ -224,18 +214,12 @@ def _result(model: nn.Module, info: dict, bases=None) -> MethodResult:
     return MethodResult(finish_unlearning(model), {"unlearn": info.pop("seconds")}, info, bases)
 
 
-def _check_weight(weight: float) -> None:
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) \
-            or not math.isfinite(weight) or weight < 0:
-        raise ValueError(f"retain_weight must be a finite number >= 0, got {weight!r}")
-
-
 def _retain_term(task: LMTask, model: nn.Module, weight: float) -> Callable[[], torch.Tensor]:
     """``weight`` x the answer NLL of the next retain batch (cycled); 0: no term."""
-    _check_weight(weight)
+    helpers.check_weight("retain_weight", weight)
     if weight == 0:
         return lambda: 0.0
-    stream = _cycle(task.retain)
+    stream = helpers.cycle(task.retain, "retain")
     return lambda: weight * answer_loss(model, _to(next(stream), task.device))
 
 
@@ -426,7 +410,7 @@ def idk_proj(task: LMTask, lr: float = 0.1, epochs: int | None = None,
     >= 0.95 x the original's; every lr >= 0.3 fell below that utility, with or without the
     head). ``retain_weight`` > 0 adds the retain answer NLL (one retain batch per step),
     projected too, as ``unsc(retain_weight=)`` does."""
-    _check_weight(retain_weight)     # before the bases are built
+    helpers.check_weight("retain_weight", retain_weight)     # before the bases are built
     bases, secs = _bases(task, head, layers)
     model = copy.deepcopy(task.model)
     params = freeze_for_unlearning(model, bases)
