@@ -1,4 +1,6 @@
 """Every method of the harness runs, leaves the original alone, and (where meaningful) forgets."""
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -121,3 +123,26 @@ def test_bad_method_or_hyperparameter(setup):
         run_method("finetune", task, momentumm=0.5)
     with pytest.raises(ValueError, match="sparsity"):
         run_method("salun", task, sparsity=1.5)
+
+
+def test_reseeded_retrain_is_another_draw_of_retrain(setup):
+    """The noise floor: trained as retrain is, but from another seed; with the same seed
+    (through ``task.seed``) it would be retrain itself."""
+    split, model = setup
+    task, ss = _task(split, model, {"kind": "random", "count": 8})
+    ref = run_method("retrain", task).model.state_dict()
+    other = run_method("retrain_reseeded", task, seed_offset=7).model
+    assert any(not torch.equal(v, ref[k]) for k, v in other.state_dict().items())
+    shifted = dataclasses.replace(task, seed=task.seed + 7)
+    again = run_method("retrain", shifted).model.state_dict()
+    for k, v in other.state_dict().items():
+        assert torch.equal(v, again[k]), k
+    assert accuracy(other, D.loader(ss.retain, 256)) > 0.85
+
+
+@pytest.mark.parametrize("offset", [0, True, 1.5, "1"])
+def test_reseeded_retrain_refuses_an_offset_that_repeats_or_is_not_an_int(setup, offset):
+    split, model = setup
+    task, _ = _task(split, model, {"kind": "random", "count": 8})
+    with pytest.raises(ValueError, match="seed_offset"):
+        run_method("retrain_reseeded", task, seed_offset=offset)

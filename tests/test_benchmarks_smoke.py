@@ -105,3 +105,24 @@ def test_step_benchmark_smoke(tmp_path):
     assert {"no projection", "project_[reference]", "projected_backward[reference]"} <= impls
     assert all(r["median_ms"] > 0 for r in res["rows"])
     assert (tmp_path / "step.md").read_text().startswith("### One UNSC step")
+
+
+def test_per_seed_goal_check_keeps_the_noise_floor_out_of_the_baselines():
+    from benchmarks import per_seed
+
+    def run(method, seed, gap, acc_r=97.0):
+        m = {k: 50.0 for k in per_seed.COLUMNS}
+        m.update(acc_r=acc_r, acc_f=None, gap_sample=gap)
+        return {"method": method, "seed": seed, "metrics": m}
+    report = {"dataset": {"name": "d"}, "model": {"name": "m", "width": 1.0},
+              "scenario": {"kind": "random", "fraction": 0.1, "count": None},
+              "runs": [run("original", 0, 1.0), run("retrain", 0, 0.0), run("unsc", 0, 0.5),
+                       run("finetune", 0, 0.6), run("retrain_reseeded", 0, 0.4),
+                       run("original", 1, 1.0), run("retrain", 1, 0.0),
+                       run("unsc", 1, 0.7, acc_r=96.4), run("finetune", 1, 0.6),
+                       run("retrain_reseeded", 1, 0.8)]}
+    lines = [x for x in per_seed.table(report).splitlines() if x.startswith("- seed")]
+    assert lines[0].startswith("- seed 0: UNSC gap 0.50, best baseline fine-tune 0.60 (holds)")
+    assert "noise floor (a second retrained model) 0.40, which would hold too" in lines[0]
+    assert "(FAILS); Acc_r -0.60 (FAILS)" in lines[1]
+    assert "0.80, which would FAIL too" in lines[1]

@@ -138,19 +138,39 @@ def original(task: Task) -> MethodResult:
 @register("retrain")
 def retrain(task: Task, epochs: int | None = None, lr: float | None = None) -> MethodResult:
     """Train a fresh model on D_r from scratch (training settings of the original)."""
+    return _from_scratch(task, task.seed, epochs, lr, "retrain")
+
+
+@register("retrain_reseeded")
+def retrain_reseeded(task: Task, seed_offset: int = 1000, epochs: int | None = None,
+                     lr: float | None = None) -> MethodResult:
+    """A second retrained model: as ``retrain``, but its initialisation and data order come
+    from seed ``task.seed + seed_offset``.
+
+    Not a method to forget with: its gap to ``retrain`` is the noise floor of every gap. Two
+    models that both never saw D_f differ this much by chance alone, so a method whose gap is
+    below it is as close to retraining as retraining itself is."""
+    if isinstance(seed_offset, bool) or not isinstance(seed_offset, int) or seed_offset == 0:
+        raise ValueError(f"seed_offset must be a non-zero integer (0 would repeat retrain),"
+                         f" got {seed_offset!r}")
+    return _from_scratch(task, task.seed + seed_offset, epochs, lr, "retrain (reseeded)")
+
+
+def _from_scratch(task: Task, seed: int, epochs: int | None, lr: float | None, desc: str
+                  ) -> MethodResult:
     from .models import build_model
     from .train import train
     tr = dict(task.train)
     tr["epochs"] = tr["epochs"] if epochs is None else epochs
     tr["lr"] = tr["lr"] if lr is None else lr
-    torch.manual_seed(task.seed)
+    torch.manual_seed(seed)
     model = build_model(task.model_name, task.input_shape, task.split.num_classes, task.width)
     model.to(helpers.model_device(task.model))
     t = time.perf_counter()
-    train(model, loader(task.split.retain, tr["batch_size"], True, task.seed),
+    train(model, loader(task.split.retain, tr["batch_size"], True, seed),
           epochs=tr["epochs"], lr=tr["lr"], weight_decay=tr.get("weight_decay", 0.0),
           optimizer=tr.get("optimizer", "adam"), momentum=tr.get("momentum", 0.9),
-          progress=task.progress, desc="retrain")
+          progress=task.progress, desc=desc)
     return MethodResult(model, {"train": time.perf_counter() - t})
 
 

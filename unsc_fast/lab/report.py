@@ -45,7 +45,8 @@ SUMMARY_METRICS = METRICS + ("time",)
 GAP_TEST = ("acc_r", "acc_f")
 GAP_ALL = ("acc_dr", "acc_df", "acc_r", "acc_f", "mia_efficacy")
 GAP_SAMPLE = ("acc_r", "acc_f", "acc_df", "mia_efficacy", "mia_loss_acc")
-LABELS = {"original": "original", "retrain": "retrain", "unsc": "UNSC",
+LABELS = {"original": "original", "retrain": "retrain",
+          "retrain_reseeded": "retrain, other seed", "unsc": "UNSC",
           "finetune": "fine-tune", "grad_ascent": "gradient ascent",
           "random_labels": "random labels", "random_labels_proj": "random labels + proj.",
           "boundary_shrink": "boundary shrink", "salun": "SalUn"}
