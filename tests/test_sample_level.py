@@ -2,6 +2,7 @@
 held-out data only, each sample stops once it looks unseen, the paper's path is unchanged."""
 import copy
 import math
+import warnings
 
 import pytest
 import torch
@@ -141,3 +142,24 @@ def test_cli_compare_runs_the_sample_mode_and_rejects_it_for_classes(tmp_path):
     bad.write_text('[scenario]\nkind = "class"\n[unlearn]\nmode = "sample"\n')
     with pytest.raises(ConfigError, match="sample"):
         build_config(bad)
+
+
+def test_stopping_at_the_epoch_limit_short_of_the_targets_is_reported():
+    """Samples still below their targets when the epochs run out keep more of their fit than
+    unseen ones: said, with the share, never left silent; a run that got there says nothing."""
+    split, model, forget, retain = toy_task()
+    xt, yt = next(iter(D.loader(split.test, 1000)))
+    hold = D.loader(torch.utils.data.TensorDataset(xt * 0.6, yt), 64)
+    with pytest.warns(RuntimeWarning, match=r"epoch limit \(1\) with \d+\.\d % of D_f") as rec:
+        res = uf.unlearn(model, D.loader(forget, 6, True), D.loader(retain, 64),
+                         mode="sample", holdout=hold, lr=1e-4, epochs=1, progress=False)
+    assert res.report.active[-1] > 0
+    share = f"{100 * res.report.active[-1]:.1f} %"
+    assert [w for w in res.report.warnings if "epoch limit" in w] == [str(rec[-1].message)]
+    assert share in str(rec[-1].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        done = uf.unlearn(model, D.loader(forget, 12), D.loader(retain, 64), mode="sample",
+                          holdout=D.loader(forget, 12), calibration="class", lr=0.5,
+                          epochs=10, progress=False)
+    assert done.report.active == [0.0] and not done.report.warnings
