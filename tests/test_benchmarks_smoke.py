@@ -126,3 +126,55 @@ def test_per_seed_goal_check_keeps_the_noise_floor_out_of_the_baselines():
     assert "noise floor (a second retrained model) 0.40, which would hold too" in lines[0]
     assert "(FAILS); Acc_r -0.60 (FAILS)" in lines[1]
     assert "0.80, which would FAIL too" in lines[1]
+
+
+def test_sample_grid_chooses_per_method_by_one_rule(tmp_path):
+    from benchmarks import sample_grid
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('dataset = "synthetic"\nmodel = "mlp"\nwidth = 0.25\n'
+                   '[scenario]\nkind = "random"\ncount = 8\n'
+                   '[train]\nepochs = 2\nlr = 0.01\nbatch_size = 32\n'
+                   '[unlearn]\nmode = "sample"\nepochs = 2\nlr = 0.01\nbatch_size = 16\n')
+    grid = tmp_path / "g.json"
+    grid.write_text(json.dumps({"finetune": [{"lr": 0.01, "epochs": 1}, {"lr": 0.0, "epochs": 1}],
+                                "unsc": [{"lr": 0.01}]}))
+    rc = sample_grid.main(["--config", str(cfg), "--seeds", "0", "1", "--grid", str(grid),
+                           "--out", str(tmp_path / "out")])
+    assert rc == 0
+    rows = [json.loads(x) for x in (tmp_path / "out" / "runs.jsonl").read_text().splitlines()]
+    assert [r["seed"] for r in rows] == [0, 1]
+    names = set(rows[0]["metrics"])
+    assert names == {"original", "retrain", "retrain_reseeded", "finetune lr=0.01 epochs=1",
+                     "finetune lr=0 epochs=1", "unsc lr=0.01"}
+    # lr 0 leaves the original as it is: its gap must equal the original's, seed by seed
+    for r in rows:
+        m, ref = r["metrics"], r["metrics"]["retrain"]
+        assert sample_grid.gap(m["finetune lr=0 epochs=1"], ref) == sample_grid.gap(
+            m["original"], ref)
+    table = (tmp_path / "out" / "grid.md").read_text()
+    _, chosen = sample_grid.choose(rows, json.loads(grid.read_text()), 0.5)
+    assert set(chosen) == {"finetune", "unsc"} and "; ".join(chosen.values()) in table
+    # the same table again from the rows alone, without training
+    assert sample_grid.main(["--config", str(cfg), "--rows", str(tmp_path / "out" / "runs.jsonl"),
+                             "--grid", str(grid), "--out", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again" / "grid.md").read_text() == table
+
+
+def test_sample_grid_rule_skips_settings_that_cost_acc_r():
+    from benchmarks import sample_grid
+
+    def m(acc_r, df):
+        return {"acc_r": acc_r, "acc_f": None, "acc_df": df, "mia_efficacy": 1.0,
+                "mia_loss_acc": 50.0}
+    grid = {"finetune": [{"lr": 0.1}, {"lr": 0.2}, {"lr": 0.3}], "unsc": [{"lr": 1.0}]}
+    rows = [{"seed": s, "metrics": {
+        "original": m(97.0, 100.0), "retrain": m(97.0, 98.0), "retrain_reseeded": m(97.0, 99.0),
+        "finetune lr=0.1": m(96.0, 98.0),            # closest, but Acc_r -1 on both seeds
+        "finetune lr=0.2": m(97.0, 99.0 + s),        # mean gap (0.25 + 0.5) / 2
+        "finetune lr=0.3": m(97.0, 99.4),            # 0.35 on both
+        "unsc lr=1": m(95.0, 98.0)}} for s in (0, 1)]  # alone, so chosen though it drops
+    lines, chosen = sample_grid.choose(rows, grid, 0.5)
+    assert chosen == {"finetune": "finetune lr=0.3", "unsc": "unsc lr=1"}
+    assert any(x.startswith("| finetune lr=0.3 | 0.35 |") and "**yes**" in x for x in lines)
+    assert not any(x.startswith("| retrain |") for x in lines)          # the reference
+    assert sample_grid.choose(rows, grid, 1.5)[1]["finetune"] == "finetune lr=0.1"

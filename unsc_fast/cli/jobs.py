@@ -25,7 +25,7 @@ from ..lab.metrics import evaluate
 from ..lab.models import build_model
 from ..lab.report import build_report, json_safe, markdown, render
 from ..lab.scenarios import Scenario, ScenarioSplit
-from ..lab.train import train
+from ..lab.train import train_from_scratch
 
 
 class JobError(ValueError):
@@ -227,15 +227,9 @@ def _eval(cfg: Config, model, split: ScenarioSplit, data: DataSplit, seed: int) 
 
 
 def _train_original(cfg: Config, data: DataSplit, dataset, seed: int, desc="training"):
-    tr = cfg["train"]
-    torch.manual_seed(seed)
-    model = build_model(cfg["model"], data.input_shape, data.num_classes, cfg["width"])
-    model.to(_device(cfg))
-    t = time.perf_counter()
-    train(model, loader(dataset, tr["batch_size"], True, seed), epochs=tr["epochs"],
-          lr=tr["lr"], weight_decay=tr["weight_decay"], optimizer=tr["optimizer"],
-          momentum=tr["momentum"], progress=_progress(cfg), desc=desc)
-    return model, time.perf_counter() - t
+    return train_from_scratch(cfg["model"], data.input_shape, data.num_classes, cfg["width"],
+                              dataset, cfg["train"], seed, device=_device(cfg),
+                              progress=_progress(cfg), desc=desc)
 
 
 # -- train -----------------------------------------------------------------------------------

@@ -158,20 +158,15 @@ def retrain_reseeded(task: Task, seed_offset: int = 1000, epochs: int | None = N
 
 def _from_scratch(task: Task, seed: int, epochs: int | None, lr: float | None, desc: str
                   ) -> MethodResult:
-    from .models import build_model
-    from .train import train
+    from .train import train_from_scratch
     tr = dict(task.train)
     tr["epochs"] = tr["epochs"] if epochs is None else epochs
     tr["lr"] = tr["lr"] if lr is None else lr
-    torch.manual_seed(seed)
-    model = build_model(task.model_name, task.input_shape, task.split.num_classes, task.width)
-    model.to(helpers.model_device(task.model))
-    t = time.perf_counter()
-    train(model, loader(task.split.retain, tr["batch_size"], True, seed),
-          epochs=tr["epochs"], lr=tr["lr"], weight_decay=tr.get("weight_decay", 0.0),
-          optimizer=tr.get("optimizer", "adam"), momentum=tr.get("momentum", 0.9),
-          progress=task.progress, desc=desc)
-    return MethodResult(model, {"train": time.perf_counter() - t})
+    model, seconds = train_from_scratch(task.model_name, task.input_shape,
+                                        task.split.num_classes, task.width, task.split.retain,
+                                        tr, seed, device=helpers.model_device(task.model),
+                                        progress=task.progress, desc=desc)
+    return MethodResult(model, {"train": seconds})
 
 
 @register("unsc")

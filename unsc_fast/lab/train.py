@@ -1,6 +1,7 @@
 """Ordinary supervised training: the original model θ_o and the retrain-from-scratch baseline."""
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 import torch
@@ -42,6 +43,30 @@ def train(model: nn.Module, data: Iterable, *, epochs: int = 5, lr: float = 1e-3
     if epochs > 0 and _has_dropout_and_bn(model):
         recalibrate_batchnorm(model, data, progress=progress)
     return model.eval()
+
+
+def train_from_scratch(model_name: str, input_shape: tuple[int, ...], num_classes: int,
+                       width: float, data, settings: dict, seed: int, *,
+                       device: torch.device | str | None = None, progress: bool = False,
+                       desc: str = "training") -> tuple[nn.Module, float]:
+    """A fresh ``model_name`` initialised from ``seed`` and trained on the Dataset ``data``
+    (shuffled by ``seed``) with ``settings`` (epochs, lr, batch_size, and optionally
+    optimizer, weight_decay, momentum). Returns (model in eval mode, seconds).
+
+    The original model, the retrained baseline and its reseeded twin are all made here, so
+    that they differ in their data and seed only."""
+    from .data import loader
+    from .models import build_model
+    torch.manual_seed(seed)
+    model = build_model(model_name, input_shape, num_classes, width)
+    if device is not None:
+        model.to(device)
+    t = time.perf_counter()
+    train(model, loader(data, settings["batch_size"], True, seed), epochs=settings["epochs"],
+          lr=settings["lr"], weight_decay=settings.get("weight_decay", 0.0),
+          optimizer=settings.get("optimizer", "adam"), momentum=settings.get("momentum", 0.9),
+          progress=progress, desc=desc)
+    return model, time.perf_counter() - t
 
 
 _BN = nn.modules.batchnorm._BatchNorm
