@@ -71,7 +71,7 @@ def run_seed(cfg, data, grid: dict, seed: int) -> dict[str, dict]:
 def choose(rows: list[dict], grid: dict, acc_drop: float) -> tuple[list[str], dict[str, str]]:
     """The table's lines and the chosen label per method."""
     seeds = [r["seed"] for r in rows]
-    lines = [f"Validation seeds {seeds}. Gap: mean |Δ| to retrain over {', '.join(GAP_SAMPLE)}"
+    lines = [f"Seeds {seeds}. Gap: mean |Δ| to retrain over {', '.join(GAP_SAMPLE)}"
              " (points); ΔAcc_r: Acc_r − original's.", "",
              "| run | mean gap | gap per seed | worst ΔAcc_r | chosen |", "|---|---|---|---|---|"]
     stats = {}
