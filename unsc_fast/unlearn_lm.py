@@ -68,7 +68,8 @@ from .unlearn import (ProjectedSGD, UnlearnReport, build_bases,
                       check_finite_outputs, finish_unlearning, freeze_for_unlearning)
 
 __all__ = ["unlearn_lm", "lm_bases", "LMUnlearnResult", "LMUnlearnReport", "lm_pseudo_labels",
-           "answer_nll", "answer_mask", "check_lm_batch", "lm_layers", "IGNORE"]
+           "answer_nll", "mean_answer_nll", "answer_mask", "check_lm_batch", "lm_layers",
+           "IGNORE"]
 
 IGNORE = -100   # the label of a position that is not an answer token (HF convention)
 _MODES = ("sample", "token")
@@ -493,8 +494,9 @@ def _sequence_loss(logits: torch.Tensor, lab: torch.Tensor, pseudo: torch.Tensor
     return value.to(logits.dtype), int(active.sum())
 
 
-def _mean_answer_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The mean NLL over every answer token of the batch (Hugging Face's ``.loss``)."""
+def mean_answer_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The mean NLL over every answer token of the batch (Hugging Face's ``.loss``): the
+    retain term's loss, and the lab's baselines' answer loss."""
     pos = answer_mask(labels)
     return F.cross_entropy(logits[:, :-1][pos], labels[:, 1:][pos])
 
@@ -532,9 +534,9 @@ def _train(original, forget, bases, labels, report, lr, epochs, max_steps, mode,
                 # pushes harmed (the results in docs/reproduction.md were run so)
                 if stream is not None:
                     r = next(stream)
-                    r_loss = _mean_answer_nll(_logits(unlearned, r, device),
+                    r_loss = mean_answer_nll(_logits(unlearned, r, device),
                                               r["labels"].to(device))
-                    r_total += r_loss.item()
+                    r_total = r_total + r_loss.detach().double()   # read once an epoch
                     r_steps += 1
                     value = value + retain_weight * r_loss.to(value.dtype)
                 total += opt.step(value, epoch) * len(lab)
@@ -545,7 +547,7 @@ def _train(original, forget, bases, labels, report, lr, epochs, max_steps, mode,
                 break
             report.epoch_loss.append(total / count)
             if stream is not None:
-                report.retain_loss.append(r_total / r_steps)
+                report.retain_loss.append(float(r_total) / r_steps)
             if mode == "sample":
                 report.active.append(moving / count)
                 if moving == 0:

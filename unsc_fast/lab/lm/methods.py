@@ -52,7 +52,7 @@ from torch import nn
 from ... import helpers
 from ...bases import NullSpace
 from ...unlearn import ProjectedSGD, finish_unlearning, freeze_for_unlearning
-from ...unlearn_lm import IGNORE, answer_mask, lm_bases, lm_layers, unlearn_lm
+from ...unlearn_lm import IGNORE, lm_bases, lm_layers, mean_answer_nll, unlearn_lm
 from ..baselines import MethodResult, call_method, registrar
 
 __all__ = ["LMTask", "METHODS", "run_method", "npo_loss", "idk_batch", "answer_loss",
@@ -108,8 +108,7 @@ def _logits(model: nn.Module, b: dict) -> torch.Tensor:
 
 def answer_loss(model: nn.Module, b: dict) -> torch.Tensor:
     """Mean NLL over all answer tokens of the batch (Hugging Face's ``.loss``)."""
-    pos = answer_mask(b["labels"])
-    return F.cross_entropy(_logits(model, b)[:, :-1][pos], b["labels"][:, 1:][pos])
+    return mean_answer_nll(_logits(model, b), b["labels"])
 
 
 def sequence_logprob(model: nn.Module, b: dict) -> torch.Tensor:
